@@ -1,0 +1,1 @@
+"""market-data-store: an asyncio write path for market data with backpressure feedback."""

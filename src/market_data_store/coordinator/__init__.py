@@ -1,0 +1,1 @@
+"""Public API of the coordinator (filled in as modules land)."""
