@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from market_data_store.coordinator.types import ConfigError
@@ -42,21 +42,21 @@ class CoordinatorRuntimeSettings(_MdsSettings):
         env_prefix="MDS_", env_file=".env", extra="ignore", case_sensitive=False
     )
 
-    coord_id: str = Field("default", min_length=1)
-    capacity: int = Field(10_000, gt=0)
-    workers: int = Field(4, gt=0, le=1024)
-    batch_size: int = Field(500, gt=0)
-    flush_interval: float = Field(0.25, gt=0, le=3600)
-    high_watermark: int | None = Field(None, gt=0)
-    low_watermark: int | None = Field(None, ge=0)
+    coord_id: str = Field(default="default", min_length=1)
+    capacity: int = Field(default=10_000, gt=0)
+    workers: int = Field(default=4, gt=0, le=1024)
+    batch_size: int = Field(default=500, gt=0)
+    flush_interval: float = Field(default=0.25, gt=0, le=3600)
+    high_watermark: int | None = Field(default=None, gt=0)
+    low_watermark: int | None = Field(default=None, ge=0)
     overflow_strategy: Literal["block", "drop_oldest", "error"] = "block"
-    retry_max_attempts: int = Field(5, ge=1)
-    retry_initial_backoff_ms: float = Field(50, ge=0)
-    retry_max_backoff_ms: float = Field(2000, ge=0)
-    retry_backoff_multiplier: float = Field(2.0, ge=1.0)
+    retry_max_attempts: int = Field(default=5, ge=1)
+    retry_initial_backoff_ms: float = Field(default=50, ge=0)
+    retry_max_backoff_ms: float = Field(default=2000, ge=0)
+    retry_backoff_multiplier: float = Field(default=2.0, ge=1.0)
     retry_jitter: bool = True
-    breaker_failure_threshold: int = Field(5, ge=1)
-    breaker_half_open_after_sec: float = Field(60.0, gt=0)
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_half_open_after_sec: float = Field(default=60.0, gt=0)
     dlq_path: Path | None = None
 
     @model_validator(mode="after")
@@ -91,9 +91,9 @@ class FeedbackSettings(_MdsSettings):
 
     enable_http_broadcast: bool = False
     feedback_webhook_url: str | None = None
-    http_timeout: float = Field(2.0, gt=0, le=300)
-    http_max_retries: int = Field(3, ge=0, le=100)
-    webhook_secret: str | None = None
+    http_timeout: float = Field(default=2.0, gt=0, le=300)
+    http_max_retries: int = Field(default=3, ge=0, le=100)
+    webhook_secret: SecretStr | None = None
 
     @model_validator(mode="after")
     def _check_webhook(self) -> FeedbackSettings:
@@ -105,14 +105,21 @@ class FeedbackSettings(_MdsSettings):
         if url:
             check_webhook_url("MDS_FB_FEEDBACK_WEBHOOK_URL", url)
         if self.webhook_secret is not None:
-            decode_webhook_secret("MDS_FB_WEBHOOK_SECRET", self.webhook_secret)
+            decode_webhook_secret("MDS_FB_WEBHOOK_SECRET", self.webhook_secret.get_secret_value())
         return self
 
 
 def check_webhook_url(name: str, url: str) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``url`` is an http(s) URL with a host."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        host = None
+    else:
+        if parts.scheme not in ("http", "https"):
+            host = None
+    if not host:
         raise ValueError(f"{name} must be an http:// or https:// URL with a host, got {url!r}")
 
 
