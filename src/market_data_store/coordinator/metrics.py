@@ -45,7 +45,9 @@ WRITE_LATENCY = Histogram(
     ["coordinator_id"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
-DLQ_RECORDS = Counter("mds_dlq_records", "Batches written to the dead-letter queue", ["coordinator_id"])
+DLQ_RECORDS = Counter(
+    "mds_dlq_records", "Batches written to the dead-letter queue", ["coordinator_id"]
+)
 DLQ_ITEMS = Counter("mds_dlq_items", "Items written to the dead-letter queue", ["coordinator_id"])
 
 _feedback_children: dict[tuple[str, str], Any] = {}
@@ -101,12 +103,15 @@ class _CoordinatorCollector(Collector):
             "mds_coordinator_submitted", "Items accepted by submit()", labels=["coordinator_id"]
         )
         dropped = CounterMetricFamily(
-            "mds_coordinator_dropped", "Items dropped, by reason", labels=["coordinator_id", "reason"]
+            "mds_coordinator_dropped",
+            "Items dropped, by reason",
+            labels=["coordinator_id", "reason"],
         )
         depth = GaugeMetricFamily("mds_queue_depth", "Items queued", labels=["coordinator_id"])
         alive = GaugeMetricFamily("mds_workers_alive", "Live workers", labels=["coordinator_id"])
         circuit = GaugeMetricFamily(
-            "mds_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            "mds_circuit_state",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open",
             labels=["coordinator_id"],
         )
         sub_totals: dict[str, float] = {}

@@ -79,8 +79,15 @@ class PermanentSinkError(SinkError):
     retryable = False
 
 
-def check_range(name: str, value: float, *, lo: float | None = None, hi: float | None = None,
-                lo_open: bool = False, hi_open: bool = False) -> None:
+def check_range(
+    name: str,
+    value: float,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> None:
     """Raise ``ConfigError`` naming ``name`` and its allowed range unless lo <= value <= hi."""
     too_low = lo is not None and (value <= lo if lo_open else value < lo)
     too_high = hi is not None and (value >= hi if hi_open else value > hi)

@@ -1,0 +1,151 @@
+"""Throughput of the write path against a plain asyncio.Queue, measured in the same run.
+
+Prints items/s and the ratio to the baseline (one producer task and one consumer task moving
+N items through ``asyncio.Queue``). Budgets (DESIGN.md section 7): BoundedQueue put/get >= 1.5x,
+WriteCoordinator.submit() into a no-op sink >= 1.5x, submit_many() >= 10x; the queue with
+feedback subscribers within 5 % of the queue without.
+
+    python benchmarks/bench_throughput.py [--items 200000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from loguru import logger
+
+from market_data_store.coordinator import (
+    BoundedQueue,
+    FeedbackBus,
+    FeedbackEvent,
+    WriteCoordinator,
+)
+
+CAPACITY = 10_000
+
+
+class NoopSink:
+    """Accepts every batch and counts items."""
+
+    def __init__(self) -> None:
+        self.items = 0
+
+    async def write(self, batch: Sequence[int]) -> None:
+        self.items += len(batch)
+
+
+async def baseline_asyncio_queue(n: int) -> None:
+    q: asyncio.Queue[int | None] = asyncio.Queue(maxsize=CAPACITY)
+
+    async def producer() -> None:
+        for i in range(n):
+            await q.put(i)
+        await q.put(None)
+
+    async def consumer() -> None:
+        while await q.get() is not None:
+            pass
+
+    await asyncio.gather(producer(), consumer())
+
+
+async def bounded_queue(n: int, bus: FeedbackBus | None = None) -> None:
+    q: BoundedQueue[int | None] = BoundedQueue(CAPACITY, bus=bus or FeedbackBus())
+
+    async def producer() -> None:
+        for i in range(n):
+            await q.put(i)
+        await q.put(None)
+
+    async def consumer() -> None:
+        while await q.get() is not None:
+            pass
+
+    await asyncio.gather(producer(), consumer())
+
+
+async def flapping_queue(n: int, bus: FeedbackBus) -> None:
+    """Producer and consumer alternating around the watermarks: many level transitions."""
+    q: BoundedQueue[int] = BoundedQueue(100, 80, 50, bus=bus)
+    for _ in range(n // 100):
+        for i in range(100):
+            await q.put(i)
+        for _ in range(100):
+            await q.get()
+
+
+async def coordinator_submit(n: int) -> None:
+    sink = NoopSink()
+    coord: WriteCoordinator[int] = WriteCoordinator(sink=sink, capacity=CAPACITY, bus=FeedbackBus())
+    async with coord:
+        for i in range(n):
+            await coord.submit(i)
+    assert sink.items == n, (sink.items, n)
+
+
+async def coordinator_submit_many(n: int, chunk: int = 1000) -> None:
+    sink = NoopSink()
+    coord: WriteCoordinator[int] = WriteCoordinator(sink=sink, capacity=CAPACITY, bus=FeedbackBus())
+    items = list(range(n))
+    async with coord:
+        for start in range(0, n, chunk):
+            await coord.submit_many(items[start : start + chunk])
+    assert sink.items == n, (sink.items, n)
+
+
+def timed(fn: Callable[[], Awaitable[None]], repeat: int) -> float:
+    """Median seconds of ``repeat`` runs, each on a fresh event loop."""
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        asyncio.run(fn())  # type: ignore[arg-type]
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def bus_with_subscribers(count: int) -> FeedbackBus:
+    bus = FeedbackBus()
+    for _ in range(count):
+
+        async def subscriber(event: FeedbackEvent) -> None:
+            return None
+
+        bus.subscribe(subscriber)
+    return bus
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    logger.remove()
+    n = args.items
+
+    base = timed(lambda: baseline_asyncio_queue(n), args.repeat)
+    print(f"{'asyncio.Queue baseline':40s} {n / base:>12,.0f} items/s   1.00x")
+    rows = [
+        ("BoundedQueue put/get", lambda: bounded_queue(n), 1.5),
+        ("WriteCoordinator.submit()", lambda: coordinator_submit(n), 1.5),
+        ("WriteCoordinator.submit_many(1000)", lambda: coordinator_submit_many(n), 10.0),
+    ]
+    for name, fn, budget in rows:
+        t = timed(fn, args.repeat)
+        verdict = "ok" if base / t >= budget else "BELOW BUDGET"
+        print(f"{name:40s} {n / t:>12,.0f} items/s {base / t:6.2f}x  (budget {budget}x: {verdict})")
+
+    print("\nfeedback overhead (queue forced across its watermarks every 100 items):")
+    quiet = timed(lambda: flapping_queue(n, FeedbackBus()), args.repeat)
+    for subs in (1, 10):
+        loud = timed(lambda subs=subs: flapping_queue(n, bus_with_subscribers(subs)), args.repeat)
+        change = (loud / quiet - 1) * 100
+        verdict = "ok" if abs(change) <= 5 else "OUTSIDE 5%"
+        print(f"  {subs:2d} subscriber(s) vs none: {change:+.1f} % time ({verdict})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Dead-letter queue: failed batches appended to an NDJSON file, one batch a line."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from loguru import logger
+from pydantic import BaseModel
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DLQRecord(Generic[T]):
+    """One failed batch as read back: ``items`` hold the decoded JSON values."""
+
+    ts: float
+    error: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    items: list[Any] = field(default_factory=list)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, dt.datetime | dt.date | dt.time):
+        return obj.isoformat()
+    if isinstance(obj, decimal.Decimal | uuid.UUID):
+        return str(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, bytes):
+        return base64.b64encode(obj).decode("ascii")
+    if isinstance(obj, set | frozenset | tuple):
+        return list(obj)
+    return repr(obj)  # never lose the record over an unknown type: keep a readable form
+
+
+def describe_error(error: BaseException | str) -> str:
+    """``"TypeName: message"`` for an exception, the string itself otherwise."""
+    if isinstance(error, BaseException):
+        return f"{type(error).__name__}: {error}"
+    return error
+
+
+class DeadLetterQueue(Generic[T]):
+    """Appends failed batches to ``path`` (NDJSON); ``replay`` reads them back, removing none.
+
+    Items are encoded as pydantic models via ``model_dump(mode="json")``, dataclasses via
+    ``asdict``, else with ``encoder(item)`` when given, else as JSON values. Writes are
+    flushed and fsynced in a worker thread, off the event loop.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, encoder: Callable[[T], Any] | None = None):
+        self._path = Path(path)
+        self._encoder = encoder
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        """The NDJSON file."""
+        return self._path
+
+    def _encode(self, item: T) -> Any:
+        if isinstance(item, BaseModel):
+            return item.model_dump(mode="json")
+        if dataclasses.is_dataclass(item) and not isinstance(item, type):
+            return dataclasses.asdict(item)
+        if self._encoder is not None:
+            return self._encoder(item)
+        return item
+
+    def encode_record(
+        self,
+        items: Sequence[T],
+        error: BaseException | str,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
+        """The NDJSON line (without newline) that ``save`` appends."""
+        record = {
+            "ts": time.time(),
+            "error": describe_error(error),
+            "metadata": dict(metadata or {}),
+            "items": [self._encode(item) for item in items],
+        }
+        return json.dumps(record, default=_json_default, separators=(",", ":"))
+
+    async def save(
+        self,
+        items: Sequence[T],
+        error: BaseException | str,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append one record holding ``items``, the error and ``metadata``."""
+        line = self.encode_record(items, error, metadata)
+        await asyncio.to_thread(self._append, line)
+
+    def _append(self, line: str) -> None:
+        with self._lock:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            with self._path.open("a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    async def replay(self, max_records: int = 100) -> list[DLQRecord[T]]:
+        """Read up to ``max_records`` records from the start; corrupt lines are skipped."""
+        if max_records < 0:
+            raise ValueError(f"max_records must satisfy 0 <= max_records, got {max_records}")
+        return await asyncio.to_thread(self._read, max_records)
+
+    def _read(self, max_records: int) -> list[DLQRecord[T]]:
+        records: list[DLQRecord[T]] = []
+        if not self._path.exists():
+            return records
+        with self._lock, self._path.open("r", encoding="utf-8", errors="replace") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if len(records) >= max_records:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    raw = json.loads(line)
+                    records.append(
+                        DLQRecord(
+                            ts=float(raw["ts"]),
+                            error=str(raw["error"]),
+                            metadata=dict(raw.get("metadata") or {}),
+                            items=list(raw["items"]),
+                        )
+                    )
+                except (ValueError, KeyError, TypeError) as exc:
+                    logger.warning("DLQ {}: skipping corrupt line {}: {}", self._path, lineno, exc)
+        return records

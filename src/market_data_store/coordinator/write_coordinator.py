@@ -1,0 +1,435 @@
+"""WriteCoordinator: producers submit items; workers drain them in batches into a sink."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from loguru import logger
+
+from market_data_store.coordinator import metrics
+from market_data_store.coordinator.dlq import DeadLetterQueue
+from market_data_store.coordinator.feedback import BackpressureLevel, FeedbackBus
+from market_data_store.coordinator.policy import CircuitBreaker, CircuitState, RetryPolicy
+from market_data_store.coordinator.queue import BoundedQueue
+from market_data_store.coordinator.settings import CoordinatorRuntimeSettings
+from market_data_store.coordinator.types import (
+    BackpressureCallback,
+    ConfigError,
+    CoordinatorNotRunningError,
+    DropCallback,
+    OverflowStrategy,
+    QueueClosedError,
+    Sink,
+    check_range,
+)
+from market_data_store.coordinator.worker import SinkWorker, WriteLedger
+
+T = TypeVar("T")
+
+_CANCEL_GRACE_SEC = 0.25  # how long cancelled workers get to unwind after the stop deadline
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class CoordinatorHealth(NamedTuple):
+    """What an orchestrator's health check needs."""
+
+    workers_alive: int
+    queue_size: int
+    capacity: int
+    circuit_state: CircuitState
+    level: BackpressureLevel
+
+
+class CoordinatorStats(NamedTuple):
+    """Where every submitted item is: ``submitted == queued + in_flight + written +
+    dead_lettered + sum(dropped.values())`` at any moment the loop is idle."""
+
+    submitted: int
+    written: int
+    dead_lettered: int
+    dropped: dict[str, int]
+    queue_size: int
+    batches_written: int
+    write_errors: int
+    workers_alive: int
+    circuit_state: CircuitState
+    level: BackpressureLevel
+    state: str
+
+
+class WriteCoordinator(Generic[T]):
+    """Accepts items from producers and writes them to ``sink`` in batches, losing none.
+
+    Lifecycle: new -> running (``start``) -> stopping -> stopped (``stop``); a stopped
+    coordinator cannot be restarted. ``async with`` starts and stops it.
+    """
+
+    def __init__(
+        self,
+        *,
+        sink: Sink[T],
+        capacity: int = 10_000,
+        workers: int = 4,
+        batch_size: int = 500,
+        flush_interval: float = 0.25,
+        high_watermark: int | None = None,
+        low_watermark: int | None = None,
+        overflow_strategy: OverflowStrategy = "block",
+        on_backpressure_high: BackpressureCallback | None = None,
+        on_backpressure_low: BackpressureCallback | None = None,
+        drop_callback: DropCallback[T] | None = None,
+        retry_policy: RetryPolicy | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        dlq: DeadLetterQueue[T] | None = None,
+        coord_id: str = "default",
+        bus: FeedbackBus | None = None,
+    ) -> None:
+        if not isinstance(sink, Sink):
+            raise ConfigError(f"sink must have an async write(batch) method, got {sink!r}")
+        for name, value in (("workers", workers), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an int with {name} > 0, got {value!r}")
+            check_range(name, value, lo=0, lo_open=True)
+        check_range("flush_interval", flush_interval, lo=0, lo_open=True)
+        if not coord_id:
+            raise ConfigError("coord_id must be a non-empty string")
+        self._sink = sink
+        self._coord_id = coord_id
+        self._workers_n = workers
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._retry = retry_policy or RetryPolicy()
+        self._breaker = circuit_breaker or CircuitBreaker()
+        self._dlq = dlq
+        self._queue: BoundedQueue[T] = BoundedQueue(
+            capacity,
+            high_watermark,
+            low_watermark,
+            coord_id=coord_id,
+            overflow_strategy=overflow_strategy,
+            on_high=on_backpressure_high,
+            on_low=on_backpressure_low,
+            drop_callback=drop_callback,
+            bus=bus,
+        )
+        self._ledger = WriteLedger()
+        self._submitted = 0
+        self._state = _State.NEW
+        self._workers: list[SinkWorker[T]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._breaker_waiters: set[asyncio.Future[None]] = set()
+        self._stop_lock: asyncio.Lock | None = None
+        self._breaker.on_change = self._on_circuit_change
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: CoordinatorRuntimeSettings | None = None,
+        *,
+        sink: Sink[T],
+        **overrides: Any,
+    ) -> WriteCoordinator[T]:
+        """Build from ``CoordinatorRuntimeSettings`` (read from ``MDS_*`` when None).
+
+        Explicit keyword ``overrides`` win over settings, which win over defaults.
+        """
+        s = settings if settings is not None else CoordinatorRuntimeSettings()
+        kwargs: dict[str, Any] = {
+            "capacity": s.capacity,
+            "workers": s.workers,
+            "batch_size": s.batch_size,
+            "flush_interval": s.flush_interval,
+            "high_watermark": s.high_watermark,
+            "low_watermark": s.low_watermark,
+            "overflow_strategy": s.overflow_strategy,
+            "coord_id": s.coord_id,
+            "retry_policy": RetryPolicy(
+                max_attempts=s.retry_max_attempts,
+                initial_backoff_ms=s.retry_initial_backoff_ms,
+                max_backoff_ms=s.retry_max_backoff_ms,
+                backoff_multiplier=s.retry_backoff_multiplier,
+                jitter=s.retry_jitter,
+            ),
+            "circuit_breaker": CircuitBreaker(
+                s.breaker_failure_threshold, s.breaker_half_open_after_sec
+            ),
+            "dlq": DeadLetterQueue(s.dlq_path) if s.dlq_path is not None else None,
+        }
+        kwargs.update(overrides)
+        return cls(sink=sink, **kwargs)
+
+    # -- introspection -------------------------------------------------------------------
+
+    @property
+    def coord_id(self) -> str:
+        """The id carried by this coordinator's feedback events and metrics."""
+        return self._coord_id
+
+    @property
+    def queue(self) -> BoundedQueue[T]:
+        """The coordinator's queue (read-only use: size, level, watermarks)."""
+        return self._queue
+
+    @property
+    def circuit_breaker(self) -> CircuitBreaker:
+        """The breaker guarding the sink."""
+        return self._breaker
+
+    @property
+    def state(self) -> str:
+        """``"new"``, ``"running"``, ``"stopping"`` or ``"stopped"``."""
+        return self._state.value
+
+    def health(self) -> CoordinatorHealth:
+        """Workers alive, queue size and capacity, circuit state and pressure level."""
+        return CoordinatorHealth(
+            self._workers_alive(),
+            len(self._queue),
+            self._queue.capacity,
+            self._breaker.state,
+            self._queue.level,
+        )
+
+    def stats(self) -> CoordinatorStats:
+        """A snapshot of the counters that health, metrics and tests read."""
+        ledger = self._ledger
+        dropped = dict(ledger.dropped)
+        queue_dropped = self._queue.stats().dropped
+        if queue_dropped:
+            dropped["overflow"] = queue_dropped
+        return CoordinatorStats(
+            self._submitted,
+            ledger.written,
+            ledger.dead_lettered,
+            dropped,
+            len(self._queue),
+            ledger.batches_written,
+            ledger.write_errors,
+            self._workers_alive(),
+            self._breaker.state,
+            self._queue.level,
+            self._state.value,
+        )
+
+    def metric_values(self) -> Mapping[str, Any]:
+        """The figures the Prometheus collector exports."""
+        stats = self.stats()
+        return {
+            "submitted": stats.submitted,
+            "dropped": stats.dropped,
+            "queue_size": stats.queue_size,
+            "workers_alive": stats.workers_alive,
+            "circuit_state": stats.circuit_state,
+        }
+
+    def _workers_alive(self) -> int:
+        return sum(1 for task in self._tasks if not task.done())
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the workers. Idempotent while running; a stopped coordinator cannot restart."""
+        if self._state is _State.RUNNING:
+            return
+        if self._state is not _State.NEW:
+            raise CoordinatorNotRunningError(
+                f"coordinator {self._coord_id!r} is {self._state.value}; it cannot be restarted"
+            )
+        self._workers = [
+            SinkWorker(
+                i,
+                self._queue,
+                self._sink,
+                batch_size=self._batch_size,
+                flush_interval=self._flush_interval,
+                retry_policy=self._retry,
+                breaker=self._breaker,
+                ledger=self._ledger,
+                dead_letter=self._dead_letter,
+                wait_for_breaker=self._wait_for_breaker,
+                coord_id=self._coord_id,
+            )
+            for i in range(self._workers_n)
+        ]
+        self._tasks = [
+            asyncio.create_task(w.run(), name=f"mds-worker:{self._coord_id}:{w.worker_id}")
+            for w in self._workers
+        ]
+        self._state = _State.RUNNING
+        metrics.track(self)
+        logger.info("coordinator {} started with {} workers", self._coord_id, self._workers_n)
+
+    async def stop(self, drain: bool = True, timeout: float = 10.0) -> None:
+        """Stop within about ``timeout`` seconds, whatever the sink does. Idempotent.
+
+        With ``drain`` the workers write what is queued; without it, queued items go to the
+        DLQ (reason ``not_drained``). Whatever is still queued or in flight at the deadline
+        goes to the DLQ with reason ``shutdown_timeout``. Ends with an OK event (``stopped``).
+        """
+        check_range("timeout", timeout, lo=0)
+        if self._stop_lock is None:
+            self._stop_lock = asyncio.Lock()
+        async with self._stop_lock:
+            if self._state is _State.STOPPED:
+                return
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            was_running = self._state is _State.RUNNING
+            self._state = _State.STOPPING
+            self._queue.close()
+            self._wake_breaker_waiters()
+            if not drain:
+                await self._dead_letter(
+                    self._queue.drain_nowait(),
+                    "not drained at stop",
+                    self._shutdown_metadata("not_drained"),
+                )
+            if self._tasks:
+                _, pending = await asyncio.wait(
+                    self._tasks, timeout=max(0.0, deadline - loop.time())
+                )
+                if pending:
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.wait(pending, timeout=_CANCEL_GRACE_SEC)
+            leftovers: list[T] = [item for w in self._workers for b in w.abandoned for item in b]
+            for worker in self._workers:
+                worker.abandoned.clear()
+            leftovers.extend(self._queue.drain_nowait())
+            if leftovers:
+                logger.warning(
+                    "coordinator {}: {} items not written by the stop deadline",
+                    self._coord_id,
+                    len(leftovers),
+                )
+                await self._dead_letter(
+                    leftovers,
+                    "not written before the stop deadline",
+                    self._shutdown_metadata("shutdown_timeout"),
+                )
+            self._state = _State.STOPPED
+            if was_running:
+                self._queue.emit_feedback(BackpressureLevel.OK, "stopped")
+                metrics.retire(self)
+            logger.info("coordinator {} stopped: {}", self._coord_id, self.stats())
+
+    async def __aenter__(self) -> WriteCoordinator[T]:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- producers -----------------------------------------------------------------------
+
+    async def submit(self, item: T) -> None:
+        """Queue one item; waits, drops the oldest or raises when full, per overflow strategy."""
+        if self._state is not _State.RUNNING:
+            raise self._not_running()
+        try:
+            await self._queue.put(item)
+        except QueueClosedError:
+            raise self._not_running() from None
+        self._submitted += 1
+
+    async def submit_many(self, items: Iterable[T]) -> int:
+        """Queue many items in order (the bulk path); returns how many were queued."""
+        if self._state is not _State.RUNNING:
+            raise self._not_running()
+        try:
+            count = await self._queue.put_many(items)
+        except QueueClosedError:
+            raise self._not_running() from None
+        self._submitted += count
+        return count
+
+    def _not_running(self) -> CoordinatorNotRunningError:
+        hint = "call start() first" if self._state is _State.NEW else "it was stopped"
+        return CoordinatorNotRunningError(
+            f"coordinator {self._coord_id!r} is {self._state.value}: {hint}"
+        )
+
+    # -- failure handling ----------------------------------------------------------------
+
+    async def _dead_letter(
+        self, items: list[T], error: BaseException | str, metadata: Mapping[str, Any]
+    ) -> None:
+        if not items:
+            return
+        reason = str(metadata.get("reason", "write_failed"))
+        if self._dlq is None:
+            self._ledger.drop(reason, len(items))
+            logger.error(
+                "coordinator {}: {} items lost ({}; no DLQ configured): {}",
+                self._coord_id,
+                len(items),
+                reason,
+                error,
+            )
+            return
+        try:
+            await self._dlq.save(items, error, metadata)
+        except Exception as exc:
+            self._ledger.drop("dlq_failed", len(items))
+            logger.opt(exception=exc).error(
+                "coordinator {}: DLQ write failed; {} items lost", self._coord_id, len(items)
+            )
+            return
+        self._ledger.dead_lettered += len(items)
+        metrics.DLQ_RECORDS.labels(self._coord_id).inc()
+        metrics.DLQ_ITEMS.labels(self._coord_id).inc(len(items))
+
+    def _shutdown_metadata(self, reason: str) -> dict[str, Any]:
+        return {
+            "coordinator_id": self._coord_id,
+            "worker_id": None,
+            "attempts": 0,
+            "reason": reason,
+        }
+
+    async def _wait_for_breaker(self, seconds: float) -> bool:
+        """Wait until the breaker changes or ``seconds`` pass; False once stopping."""
+        if self._state is not _State.RUNNING:
+            return False
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._breaker_waiters.add(fut)
+        handle = loop.call_later(max(seconds, 0.001), _resolve, fut)
+        try:
+            await fut
+        finally:
+            handle.cancel()
+            self._breaker_waiters.discard(fut)
+        return self._state is _State.RUNNING
+
+    def _wake_breaker_waiters(self) -> None:
+        for fut in list(self._breaker_waiters):
+            _resolve(fut)
+
+    def _on_circuit_change(self, old: CircuitState, new: CircuitState) -> None:
+        logger.warning("coordinator {}: circuit {} -> {}", self._coord_id, old, new)
+        if new == "open":
+            self._queue.emit_feedback(BackpressureLevel.HARD, "circuit_open")
+        elif new == "closed":
+            self._queue.emit_feedback(self._queue.level, "circuit_closed")
+        self._wake_breaker_waiters()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
