@@ -8,6 +8,7 @@ from market_data_store.coordinator.feedback import (
     FeedbackSubscriber,
     feedback_bus,
 )
+from market_data_store.coordinator.http_broadcast import HttpFeedbackBroadcaster
 from market_data_store.coordinator.policy import (
     CircuitBreaker,
     CircuitOpenError,
@@ -15,6 +16,7 @@ from market_data_store.coordinator.policy import (
     default_retry_classifier,
 )
 from market_data_store.coordinator.queue import BoundedQueue
+from market_data_store.coordinator.rate_controller import RateController
 from market_data_store.coordinator.settings import CoordinatorRuntimeSettings, FeedbackSettings
 from market_data_store.coordinator.types import (
     BackpressureCallback,
@@ -52,10 +54,12 @@ __all__ = [
     "FeedbackEvent",
     "FeedbackSettings",
     "FeedbackSubscriber",
+    "HttpFeedbackBroadcaster",
     "MarketDataStoreError",
     "PermanentSinkError",
     "QueueClosedError",
     "QueueFullError",
+    "RateController",
     "RetryPolicy",
     "RetryableSinkError",
     "Sink",
