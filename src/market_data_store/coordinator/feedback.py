@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 from loguru import logger
 
 from market_data_store.coordinator import metrics
+from market_data_store.coordinator.types import check_range
 
 
 class BackpressureLevel(str, Enum):  # noqa: UP042 - the contract spells (str, Enum)
@@ -228,11 +229,13 @@ def _current_task() -> asyncio.Task[Any] | None:
 
 
 class FeedbackBus:
-    """In-process pub/sub for ``FeedbackEvent``s with isolated, ordered, bounded delivery."""
+    """In-process pub/sub for ``FeedbackEvent``s with isolated, ordered, bounded delivery.
+
+    Not thread-safe: call it from the thread that runs the event loop (or with no loop).
+    """
 
     def __init__(self, *, max_backlog: int = 256) -> None:
-        if max_backlog < 1:
-            raise ValueError(f"max_backlog must satisfy 1 <= max_backlog, got {max_backlog!r}")
+        check_range("max_backlog", max_backlog, lo=1)
         self._max_backlog = max_backlog
         self._mailboxes: dict[Hashable, _Mailbox] = {}
         self._inbox: deque[FeedbackEvent] = deque()

@@ -17,6 +17,7 @@ from market_data_store.coordinator.feedback import (
     FeedbackEvent,
     feedback_bus,
 )
+from market_data_store.coordinator.types import ConfigError
 
 DEADLINE = 2.0  # seconds; every wait below is bounded by it
 
@@ -663,3 +664,10 @@ async def test_subscribers_gauge_follows_subscribe_and_unsubscribe() -> None:
     bus.unsubscribe(rec)
     bus.unsubscribe(rec)
     assert sample("mds_feedback_subscribers") == start
+
+
+def test_max_backlog_below_one_is_rejected() -> None:
+    """FeedbackBus(max_backlog=0) raises ConfigError (a ValueError) naming the argument."""
+    with pytest.raises(ConfigError, match="max_backlog"):
+        FeedbackBus(max_backlog=0)
+    assert issubclass(ConfigError, ValueError)
