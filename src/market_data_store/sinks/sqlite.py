@@ -165,12 +165,12 @@ class SqliteBarsSink:
         if self._lifecycle.state is SinkState.CLOSED:
             return
         self._lifecycle.state = SinkState.CLOSED
-        executor, conn = self._executor, self._conn
-        self._executor = self._conn = None
-        if executor is None or conn is None:
+        executor, self._executor = self._executor, None
+        if executor is None:
             return
         try:
-            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+            # Queued after any write already handed to the thread, so those finish first.
+            await asyncio.get_running_loop().run_in_executor(executor, self._disconnect)
         finally:
             executor.shutdown(wait=False)
         logger.debug("sink {} closed", self.name)
@@ -221,6 +221,11 @@ class SqliteBarsSink:
             conn.close()
             raise
         return conn
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def _write_batch(self, batch: Sequence[Any]) -> None:
         rows = rows_of(batch, sqlite_rows, sqlite_row)

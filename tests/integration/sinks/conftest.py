@@ -1,0 +1,53 @@
+"""Fixtures for the sink tests: bars, and a throwaway PostgreSQL server for the session."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from market_data_store.testing.postgres import (
+    PostgresServer,
+    PostgresUnavailableError,
+    postgres_required,
+)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session; skips (fails under MDS_REQUIRE_POSTGRES=1)
+    where none can be started."""
+    server = PostgresServer()
+    try:
+        server.start()
+    except PostgresUnavailableError as exc:
+        server.destroy()
+        if postgres_required():
+            pytest.fail(f"MDS_REQUIRE_POSTGRES=1 but PostgreSQL cannot start: {exc}")
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+async def pg_dsn(pg_server: PostgresServer) -> AsyncIterator[str]:
+    """DSN of a fresh, empty database on the session server, dropped after the test."""
+    asyncpg = pytest.importorskip("asyncpg")
+    name = f"mds_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server.dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield pg_server.dsn_for(name)
+    finally:
+        pg_server.start()  # a test may have left it stopped
+        admin = await asyncpg.connect(pg_server.dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()

@@ -1,0 +1,111 @@
+"""The Bar model: normalisation and the validation errors it gives."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from market_data_store.sinks import Bar
+
+
+def bar_values(**changes: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "vendor": "polygon",
+        "symbol": "aapl",
+        "timeframe": "1m",
+        "ts": datetime(2024, 1, 2, 14, 30, tzinfo=UTC),
+        "open": 10.0,
+        "high": 11.0,
+        "low": 9.5,
+        "close": 10.5,
+        "volume": 1200.0,
+    }
+    values.update(changes)
+    return values
+
+
+def error_of(**changes: Any) -> dict[str, Any]:
+    with pytest.raises(ValidationError) as info:
+        Bar(**bar_values(**changes))
+    errors = info.value.errors()
+    assert len(errors) == 1
+    return dict(errors[0])
+
+
+def test_symbol_is_stripped_and_upper_cased() -> None:
+    """A symbol is stored stripped and in upper case."""
+    assert Bar(**bar_values(symbol=" msft ")).symbol == "MSFT"
+
+
+@pytest.mark.parametrize("symbol", ["", "   "])
+def test_empty_symbol_is_rejected_naming_the_field(symbol: str) -> None:
+    """An empty or blank symbol is rejected and the error names ``symbol``."""
+    assert error_of(symbol=symbol)["loc"] == ("symbol",)
+
+
+def test_naive_timestamp_is_rejected_not_guessed() -> None:
+    """A timestamp without a timezone is rejected with an error on ``ts``."""
+    error = error_of(ts=datetime(2024, 1, 2, 14, 30))
+    assert error["loc"] == ("ts",)
+    assert error["type"] == "timezone_aware"
+
+
+def test_timestamp_is_converted_to_utc() -> None:
+    """An aware timestamp in another zone is stored as the same instant in UTC."""
+    eastern = timezone(timedelta(hours=-5))
+    bar = Bar(**bar_values(ts=datetime(2024, 1, 2, 9, 30, tzinfo=eastern)))
+    assert bar.ts == datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
+    assert bar.ts.utcoffset() == timedelta(0)
+    assert bar.ts.tzinfo is UTC
+
+
+@pytest.mark.parametrize("field", ["open", "high", "low", "close", "volume"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_numbers_are_rejected_naming_the_field(field: str, value: float) -> None:
+    """NaN and infinities are rejected in every price and in volume, naming the field."""
+    assert error_of(**{field: value})["loc"] == (field,)
+
+
+def test_low_above_the_body_is_rejected() -> None:
+    """low > min(open, close) is rejected with a message that says so."""
+    error = error_of(low=10.2)
+    assert "low must be <= min(open, close)" in error["msg"]
+
+
+def test_high_below_the_body_is_rejected() -> None:
+    """high < max(open, close) is rejected with a message that says so."""
+    error = error_of(high=10.4)
+    assert "high must be >= max(open, close)" in error["msg"]
+
+
+def test_bar_may_touch_its_range() -> None:
+    """low == min(open, close) and high == max(open, close) are valid (a flat bar too)."""
+    bar = Bar(**bar_values(open=10.0, high=10.0, low=10.0, close=10.0, volume=0.0))
+    assert (bar.low, bar.high, bar.volume) == (10.0, 10.0, 0.0)
+
+
+def test_negative_volume_is_rejected() -> None:
+    """volume < 0 is rejected with an error on ``volume``."""
+    assert error_of(volume=-1.0)["loc"] == ("volume",)
+
+
+def test_unknown_field_is_rejected() -> None:
+    """A misspelt field is an error, not silently ignored."""
+    assert error_of(vol=1.0)["loc"] == ("vol",)
+
+
+def test_bar_is_frozen() -> None:
+    """A bar cannot be changed after construction."""
+    bar = Bar(**bar_values())
+    with pytest.raises(ValidationError):
+        bar.close = 1.0  # type: ignore[misc]
+
+
+def test_json_form_round_trips() -> None:
+    """The JSON form a dead-letter queue stores validates back into an equal bar."""
+    bar = Bar(**bar_values())
+    assert Bar.model_validate(bar.model_dump(mode="json")) == bar

@@ -1,0 +1,273 @@
+"""PostgresBarsSink against a throwaway PostgreSQL server (see conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from sink_helpers import invalid_bar, make_bars, wait_until
+
+from market_data_store.coordinator.types import PermanentSinkError, RetryableSinkError, Sink
+from market_data_store.sinks import Bar, PostgresBarsSink, SinkState, SinkStateError
+from market_data_store.testing.postgres import PostgresServer
+
+pytestmark = pytest.mark.postgres
+asyncpg = pytest.importorskip("asyncpg")
+
+
+@pytest.fixture
+async def sink(pg_dsn: str) -> AsyncIterator[PostgresBarsSink]:
+    async with PostgresBarsSink(pg_dsn, name="pg-test") as opened:
+        yield opened
+
+
+@pytest.fixture
+async def reader(pg_dsn: str) -> AsyncIterator[Any]:
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def stored(conn: Any, *, with_xmin: bool = False) -> list[tuple[Any, ...]]:
+    xmin = ", xmin::text" if with_xmin else ""
+    records = await conn.fetch(
+        f"SELECT vendor, symbol, timeframe, ts, open, high, low, close, volume{xmin} "
+        "FROM bars ORDER BY vendor, symbol, timeframe, ts"
+    )
+    return [tuple(record) for record in records]
+
+
+def as_bars(rows: list[tuple[Any, ...]]) -> set[Bar]:
+    fields = ("vendor", "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume")
+    return {Bar(**dict(zip(fields, row[:9], strict=True))) for row in rows}
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_open_creates_a_plain_table_without_timescaledb(
+    sink: PostgresBarsSink, reader: Any
+) -> None:
+    """Opening creates the bars table; without the timescaledb extension it stays plain."""
+    if await reader.fetchval(
+        "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
+    ):
+        pytest.skip("timescaledb is installed here: the plain-table path is not taken")
+    assert await reader.fetchval("SELECT to_regclass('bars') IS NOT NULL")
+    assert sink.is_hypertable is False
+    assert await sink.count() == 0
+    assert isinstance(sink, Sink)
+
+
+async def test_requiring_a_hypertable_without_timescaledb_fails(pg_dsn: str, reader: Any) -> None:
+    """hypertable=True fails to open where the timescaledb extension is unavailable."""
+    if await reader.fetchval(
+        "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
+    ):
+        pytest.skip("timescaledb is installed here")
+    sink = PostgresBarsSink(pg_dsn, hypertable=True)
+    with pytest.raises(RuntimeError, match="timescaledb"):
+        await sink.open()
+    assert sink.state is SinkState.NEW
+    await sink.close()
+
+
+async def test_written_bars_read_back_equal(sink: PostgresBarsSink, reader: Any) -> None:
+    """Every bar written is stored once as timestamptz and reads back equal."""
+    bars = make_bars(60)
+    await sink.write(bars)
+    assert await sink.count() == 60
+    assert as_bars(await stored(reader)) == set(bars)
+
+
+async def test_replayed_batch_changes_nothing(sink: PostgresBarsSink, reader: Any) -> None:
+    """Writing the same batch again leaves every row untouched: same values, same xmin
+    (no row was even rewritten)."""
+    bars = make_bars(40)
+    await sink.write(bars)
+    before = await stored(reader, with_xmin=True)
+    await sink.write(bars)
+    await sink.write(list(reversed(bars)))
+    assert await stored(reader, with_xmin=True) == before
+    assert await sink.count() == 40
+
+
+async def test_a_batch_overlapping_stored_rows_is_merged(
+    sink: PostgresBarsSink, reader: Any
+) -> None:
+    """A batch mixing stored keys (one with new values) and new keys stores the new rows,
+    updates the changed one and keeps the rest (the COPY conflict falls back to the merge)."""
+    bars = make_bars(30)
+    await sink.write(bars[:20])
+    corrected = bars[0].model_copy(update={"volume": 99.0})
+    await sink.write([corrected, *bars[1:]])
+    assert as_bars(await stored(reader)) == {corrected, *bars[1:]}
+
+
+async def test_a_key_twice_in_one_batch_keeps_the_last(sink: PostgresBarsSink, reader: Any) -> None:
+    """The same key twice in one batch stores the later bar."""
+    bar = make_bars(1)[0]
+    later = bar.model_copy(update={"volume": 7.0})
+    await sink.write([bar, later])
+    assert as_bars(await stored(reader)) == {later}
+
+
+async def test_the_batch_is_not_modified(sink: PostgresBarsSink) -> None:
+    """write() leaves the list it was given as it was, including on the merge path."""
+    bars = make_bars(10)
+    batch = [*bars, bars[0]]
+    await sink.write(batch)
+    assert batch == [*bars, bars[0]]
+
+
+async def test_dicts_from_a_dead_letter_replay_are_accepted(
+    sink: PostgresBarsSink, reader: Any
+) -> None:
+    """Items in their JSON form (as a DLQ replay yields them) are validated and stored."""
+    bars = make_bars(5)
+    await sink.write([bar.model_dump(mode="json") for bar in bars])  # type: ignore[misc]
+    assert as_bars(await stored(reader)) == set(bars)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param("not a bar", id="string"),
+        pytest.param({"symbol": "AAPL"}, id="incomplete-dict"),
+        pytest.param(invalid_bar(low=1e9), id="low-above-body"),
+        pytest.param(invalid_bar(volume=-1.0), id="negative-volume"),
+        pytest.param(invalid_bar(close=float("nan")), id="nan-close"),
+        pytest.param(invalid_bar(high=float("inf")), id="infinite-high"),
+        pytest.param(invalid_bar(open="ten"), id="text-price"),
+        pytest.param(invalid_bar(ts=invalid_bar().ts.replace(tzinfo=None)), id="naive-ts"),
+    ],
+)
+async def test_a_batch_holding_an_invalid_bar_fails_for_good_and_writes_nothing(
+    sink: PostgresBarsSink, reader: Any, bad: Any
+) -> None:
+    """A batch with anything that is not a valid bar raises PermanentSinkError and none of
+    its rows are stored; the sink stays usable."""
+    with pytest.raises(PermanentSinkError):
+        await sink.write([*make_bars(20), bad])
+    assert await stored(reader) == []
+    await sink.write(make_bars(3))
+    assert await sink.count() == 3
+
+
+async def test_an_invalid_bar_on_the_merge_path_fails_for_good(
+    sink: PostgresBarsSink, reader: Any
+) -> None:
+    """An invalid bar in a batch that conflicts with stored rows is also permanent, and the
+    merge is rolled back as a whole."""
+    bars = make_bars(10)
+    await sink.write(bars)
+    before = await stored(reader)
+    with pytest.raises(PermanentSinkError):
+        await sink.write([*bars, *make_bars(5, offset=10), invalid_bar(low=1e9)])
+    assert await stored(reader) == before
+
+
+async def test_concurrent_writes_all_land(sink: PostgresBarsSink) -> None:
+    """Batches written concurrently (more than the pool holds) are all stored."""
+    await asyncio.gather(*(sink.write(make_bars(100, offset=i * 100)) for i in range(8)))
+    assert await sink.count() == 800
+
+
+async def test_a_server_restart_is_retryable_and_the_pool_recovers(
+    pg_server: PostgresServer, pg_dsn: str
+) -> None:
+    """A write in flight when the server restarts fails with RetryableSinkError; the same
+    batch then succeeds on fresh connections and nothing written before is lost."""
+    async with PostgresBarsSink(pg_dsn, min_size=2, max_size=2) as sink:
+        await asyncio.gather(sink.write(make_bars(10)), sink.write(make_bars(10, offset=10)))
+        locker = await asyncio.wait_for(asyncpg.connect(pg_dsn), 10)
+        try:
+            await locker.execute("BEGIN; LOCK TABLE bars IN ACCESS EXCLUSIVE MODE")
+            in_flight = asyncio.create_task(sink.write(make_bars(10, offset=20)))
+            await wait_until(
+                lambda: locker.fetchval("SELECT count(*) > 0 FROM pg_locks WHERE NOT granted")
+            )
+            await asyncio.to_thread(pg_server.restart)
+            with pytest.raises(RetryableSinkError):
+                await asyncio.wait_for(in_flight, 10)
+        finally:
+            locker.terminate()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while True:
+            try:
+                await sink.write(make_bars(10, offset=20))
+                break
+            except RetryableSinkError as exc:
+                assert loop.time() < deadline, f"still failing after the restart: {exc}"
+                await asyncio.sleep(0.05)
+        assert await sink.count() == 30
+
+
+async def test_an_unreachable_server_is_retryable(pg_server: PostgresServer, pg_dsn: str) -> None:
+    """With the server down, write() raises RetryableSinkError (not a permanent error)."""
+    async with PostgresBarsSink(pg_dsn, min_size=1, max_size=1) as sink:
+        await asyncio.to_thread(pg_server.stop)
+        try:
+            for _ in range(2):  # the broken pooled connection, then a refused reconnect
+                with pytest.raises(RetryableSinkError):
+                    await sink.write(make_bars(3))
+        finally:
+            await asyncio.to_thread(pg_server.start)
+        await sink.write(make_bars(3))
+        assert await sink.count() == 3
+
+
+async def test_metrics_count_rows_latency_and_errors(sink: PostgresBarsSink) -> None:
+    """Rows written, write latency and permanent errors are exported labelled by sink."""
+    rows = sample("mds_sink_rows_written_total", sink="pg-test")
+    batches = sample("mds_sink_write_latency_seconds_count", sink="pg-test")
+    errors = sample("mds_sink_write_errors_total", sink="pg-test", kind="permanent")
+    await sink.write(make_bars(7))
+    with pytest.raises(PermanentSinkError):
+        await sink.write([invalid_bar(low=1e9)])
+    assert sample("mds_sink_rows_written_total", sink="pg-test") == rows + 7
+    assert sample("mds_sink_write_latency_seconds_count", sink="pg-test") == batches + 1
+    errors_after = sample("mds_sink_write_errors_total", sink="pg-test", kind="permanent")
+    assert errors_after == errors + 1
+
+
+async def test_lifecycle_new_open_closed(pg_dsn: str) -> None:
+    """A sink refuses work before open and after close, opens once, and closes idempotently."""
+    sink = PostgresBarsSink(pg_dsn)
+    assert sink.state is SinkState.NEW
+    with pytest.raises(SinkStateError, match="not open yet"):
+        await sink.write(make_bars(1))
+    await sink.open()
+    with pytest.raises(SinkStateError, match="already open"):
+        await sink.open()
+    await sink.write(make_bars(2))
+    await sink.close()
+    await sink.close()
+    assert sink.state is SinkState.CLOSED
+    with pytest.raises(SinkStateError, match="closed"):
+        await sink.count()
+    with pytest.raises(SinkStateError, match="cannot be reopened"):
+        await sink.open()
+
+
+async def test_rows_survive_a_new_sink(pg_dsn: str) -> None:
+    """A second sink on the same database sees the rows and keeps the existing table."""
+    async with PostgresBarsSink(pg_dsn) as first:
+        await first.write(make_bars(9))
+    async with PostgresBarsSink(pg_dsn) as second:
+        assert await second.count() == 9
+
+
+def test_bad_pool_sizes_are_rejected_at_construction() -> None:
+    """min_size > max_size or max_size < 1 fails at construction."""
+    with pytest.raises(ValueError, match="min_size"):
+        PostgresBarsSink("postgresql://x", min_size=3, max_size=2)
+    with pytest.raises(ValueError, match="max_size"):
+        PostgresBarsSink("postgresql://x", min_size=0, max_size=0)
