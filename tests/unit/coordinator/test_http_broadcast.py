@@ -163,6 +163,22 @@ async def test_timeout_neither_blocks_the_bus_nor_the_publisher(
     assert sends("timeout") >= timeouts + 2
 
 
+async def test_attempt_slower_than_timeout_is_cut_off(
+    bus: FeedbackBus, httpx_mock: HTTPXMock
+) -> None:
+    """A response slower than `timeout` ends the attempt as a timeout; later events still go."""
+    httpx_mock.add_callback(gate_callback(asyncio.Event()))  # never answers
+    httpx_mock.add_response(status_code=200)
+    timeouts, successes = sends("timeout"), sends("success")
+    async with broadcaster(bus, timeout=0.05, max_retries=0):
+        await bus.publish(make_event("a"))
+        await wait_until(lambda: sends("timeout") == timeouts + 1, within=2.0)
+        await bus.publish(make_event("b"))
+        await wait_until(lambda: sends("success") == successes + 1, within=2.0)
+    sent = [json.loads(r.content)["coordinator_id"] for r in httpx_mock.get_requests()]
+    assert sent == ["a", "b"]
+
+
 @pytest.mark.parametrize("endpoint", ["down", "slower_than_timeout", "answering_500"])
 async def test_bad_endpoint_leaves_bus_and_subscribers_unaffected(
     httpx_mock: HTTPXMock, endpoint: str
