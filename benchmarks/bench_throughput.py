@@ -97,6 +97,38 @@ async def coordinator_submit_many(n: int, chunk: int = 1000) -> None:
     assert sink.items == n, (sink.items, n)
 
 
+async def submits_crossing_watermarks(n: int, subscriber_sleep: float) -> float:
+    """Seconds for ``n`` submits through a queue of 100 that crosses its watermarks."""
+    bus = FeedbackBus()
+
+    async def subscriber(event: FeedbackEvent) -> None:
+        await asyncio.sleep(subscriber_sleep)
+
+    bus.subscribe(subscriber)
+    coord: WriteCoordinator[int] = WriteCoordinator(
+        sink=NoopSink(), capacity=100, workers=1, batch_size=100, flush_interval=0.001, bus=bus
+    )
+    await coord.start()
+    started = time.perf_counter()
+    for i in range(n):
+        await coord.submit(i)
+    elapsed = time.perf_counter() - started
+    transitions = coord.queue.stats().seq
+    await coord.stop()
+    assert transitions >= n // 100, transitions  # it did cross the watermarks
+    return elapsed
+
+
+def slow_subscriber_cost(n: int, repeat: int) -> float:
+    """Median time with a subscriber sleeping 1 s per event over that with a no-op one."""
+    ratios = []
+    for _ in range(repeat):
+        fast = asyncio.run(submits_crossing_watermarks(n, 0.0))
+        slow = asyncio.run(submits_crossing_watermarks(n, 1.0))
+        ratios.append(slow / fast)
+    return statistics.median(ratios)
+
+
 def timed(fn: Callable[[], Awaitable[None]], repeat: int) -> float:
     """Median seconds of ``repeat`` runs, each on a fresh event loop."""
     samples = []
@@ -145,6 +177,13 @@ def main() -> None:
         change = (loud / quiet - 1) * 100
         verdict = "ok" if abs(change) <= 5 else "OUTSIDE 5%"
         print(f"  {subs:2d} subscriber(s) vs none: {change:+.1f} % time ({verdict})")
+
+    ratio = slow_subscriber_cost(2000, max(args.repeat * 4, 11))
+    verdict = "ok" if ratio < 1.10 else "OVER 10%"
+    print(
+        f"  2,000 submits across the watermarks, subscriber sleeping 1 s per event vs no-op: "
+        f"{(ratio - 1) * 100:+.1f} % time ({verdict})"
+    )
 
 
 if __name__ == "__main__":
