@@ -229,10 +229,14 @@ class BoundedQueue(Generic[T]):
             self._after_grow()
         else:
             done = 0
+            woken = False
             while done < total:
                 room = self._capacity - len(self)
-                if room <= 0 or self._putters:
+                # Queue behind earlier putters, but once woken use the room: waiting again
+                # would swallow the wake-up and could leave every putter asleep.
+                if room <= 0 or (self._putters and not woken):
                     await self._wait_for_room()
+                    woken = True
                     continue
                 buf.extend(batch[done : done + room] if done or room < total else batch)
                 done += min(room, total - done)
