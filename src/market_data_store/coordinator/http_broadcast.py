@@ -210,7 +210,7 @@ class HttpFeedbackBroadcaster:
         self._sender = asyncio.create_task(self._run(), name="feedback-webhook-sender")
         self._bus.subscribe(self)
 
-    async def stop(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (public contract)
+    async def stop(self, timeout: float = 5.0) -> None:
         """Unsubscribe, send what is pending for at most ``timeout`` seconds, close. Idempotent."""
         check_range("timeout", timeout, lo=0)
         if self._state == "stopped":
