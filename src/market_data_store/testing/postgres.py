@@ -5,8 +5,10 @@ on a free 127.0.0.1 port with trust authentication; ``stop()`` shuts it down and
 folder. ``initdb`` refuses to run as root, so when the effective uid is 0 every PostgreSQL
 command runs as the ``postgres`` system user, which then owns the folder.
 
-Durability is switched off (``fsync``, ``synchronous_commit``, ``full_page_writes``): the data
-is thrown away anyway, and tests and benchmarks measure the client, not the disk.
+The server does not fsync (``fsync``, ``full_page_writes`` off): the data is thrown away
+anyway, and tests and benchmarks measure the client, not the disk. Commits are still written
+to the WAL before they are acknowledged (``synchronous_commit`` stays on), so a committed row
+survives ``stop("immediate")``, which kills the server processes but not the machine.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 REQUIRE_ENV = "MDS_REQUIRE_POSTGRES"
 SERVICE_USER = "postgres"
 COMMAND_TIMEOUT_SEC = 60.0
+
+ShutdownMode = Literal["smart", "fast", "immediate"]
 
 
 class PostgresUnavailableError(RuntimeError):
@@ -111,16 +116,18 @@ class PostgresServer:
         )
         self.running = True
 
-    def stop(self) -> None:
-        """Stop the server (fast shutdown: open sessions are disconnected); keeps the data."""
+    def stop(self, mode: ShutdownMode = "fast") -> None:
+        """Stop the server, keeping the data. ``fast`` disconnects sessions and rolls back
+        their transactions; ``immediate`` kills every process at once, as a crash would
+        (the next start recovers from the WAL)."""
         if not self.running:
             return
-        self._pg_ctl("stop", "-w", "-m", "fast")
+        self._pg_ctl("stop", "-w", "-m", mode)
         self.running = False
 
-    def restart(self) -> None:
-        """Stop and start again on the same port, as a server restart looks to clients."""
-        self.stop()
+    def restart(self, mode: ShutdownMode = "fast") -> None:
+        """Stop (see ``stop``) and start again on the same port."""
+        self.stop(mode)
         self.start()
 
     def destroy(self) -> None:
@@ -183,7 +190,7 @@ class PostgresServer:
         # The socket goes into our folder: the default /var/run/postgresql may not exist.
         return (
             f"-h {self.host} -p {self.port} -k {self._require_base()} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            "-c fsync=off -c full_page_writes=off"
         )
 
     def _pg_ctl(self, *args: str) -> None:

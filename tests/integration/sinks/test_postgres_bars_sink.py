@@ -193,7 +193,9 @@ async def test_a_server_restart_is_retryable_and_the_pool_recovers(
             await wait_until(
                 lambda: locker.fetchval("SELECT count(*) > 0 FROM pg_locks WHERE NOT granted")
             )
-            await asyncio.to_thread(pg_server.restart)
+            # "immediate" kills the locker without releasing its lock, so the write cannot
+            # slip through between the two sessions' ends.
+            await asyncio.to_thread(pg_server.restart, "immediate")
             with pytest.raises(RetryableSinkError):
                 await asyncio.wait_for(in_flight, 10)
         finally:

@@ -1,0 +1,191 @@
+"""Bar sinks behind a WriteCoordinator: dead-lettering, DLQ replay, a server restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sink_helpers import invalid_bar, make_bars, wait_until
+
+from market_data_store.coordinator import (
+    CircuitBreaker,
+    DeadLetterQueue,
+    RetryPolicy,
+    WriteCoordinator,
+)
+from market_data_store.sinks import Bar, PostgresBarsSink, SqliteBarsSink
+from market_data_store.testing.postgres import PostgresServer
+
+SinkFactory = Callable[..., Any]
+NO_WAIT_RETRY = RetryPolicy(max_attempts=3, initial_backoff_ms=0, max_backoff_ms=0)
+
+
+class RecordingSink:
+    """Passes batches to ``inner`` and records each call's size and outcome."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: list[tuple[int, str]] = []
+
+    async def write(self, batch: Sequence[Bar]) -> None:
+        try:
+            await self.inner.write(batch)
+        except Exception as exc:
+            self.calls.append((len(batch), type(exc).__name__))
+            raise
+        self.calls.append((len(batch), "ok"))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def open_sink(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> SinkFactory:
+    """Builds an unopened sink of the backend under test (keyword options per backend)."""
+    if backend == "sqlite":
+        return lambda **kw: SqliteBarsSink(tmp_path / "bars.db", **kw.get("sqlite", {}))
+    dsn = request.getfixturevalue("pg_dsn")
+    return lambda **kw: PostgresBarsSink(dsn, **kw.get("postgres", {}))
+
+
+@contextlib.asynccontextmanager
+async def writes_blocked(sink: Any) -> AsyncIterator[None]:
+    """Another connection holds a lock that makes the sink's writes time out (retryable)."""
+    if isinstance(sink, SqliteBarsSink):
+        conn = sqlite3.connect(sink.path, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+        return
+    import asyncpg
+
+    pg = await asyncpg.connect(sink.dsn)
+    try:
+        await pg.execute("BEGIN; LOCK TABLE bars IN ACCESS EXCLUSIVE MODE")
+        yield
+    finally:
+        pg.terminate()  # ends the transaction; the server may have dropped it already
+
+
+def coordinator(sink: Any, dlq_path: Path, **overrides: Any) -> WriteCoordinator[Any]:
+    options: dict[str, Any] = {
+        "workers": 1,
+        "batch_size": 100,
+        "flush_interval": 0.01,
+        "retry_policy": NO_WAIT_RETRY,
+        "circuit_breaker": CircuitBreaker(failure_threshold=1000, half_open_after_sec=0.05),
+        "dlq": DeadLetterQueue(dlq_path),
+    }
+    options.update(overrides)
+    return WriteCoordinator(sink=sink, **options)
+
+
+async def test_invalid_bars_are_dead_lettered_not_retried(
+    open_sink: SinkFactory, tmp_path: Path
+) -> None:
+    """A batch holding an invalid bar goes to the DLQ after one attempt, though the retry
+    policy would allow 50; the valid bars around it are stored."""
+    dlq_path = tmp_path / "dlq.ndjson"
+    bad = invalid_bar(low=1e9)
+    async with open_sink() as sink:
+        recorder = RecordingSink(sink)
+        retry = RetryPolicy(max_attempts=50, initial_backoff_ms=0, max_backoff_ms=0)
+        coord = coordinator(recorder, dlq_path, retry_policy=retry)
+        async with coord:
+            await coord.submit_many(make_bars(50))
+            await wait_until(lambda: _written(coord, 50))
+            await coord.submit(bad)
+        assert await sink.count() == 50
+    records = await DeadLetterQueue[Any](dlq_path).replay()
+    assert len(records) == 1
+    assert records[0].items == [bad.model_dump(mode="json")]
+    assert "PermanentSinkError" in records[0].error
+    assert recorder.calls.count((1, "PermanentSinkError")) == 1
+    assert coord.stats().dead_lettered == 1
+
+
+async def test_dlq_round_trip_stores_each_bar_exactly_once(
+    open_sink: SinkFactory, tmp_path: Path
+) -> None:
+    """Bars whose writes keep failing land in the DLQ; replayed through a new coordinator
+    they are stored, and replaying again stores nothing twice."""
+    dlq_path = tmp_path / "dlq.ndjson"
+    bars = make_bars(120)
+    options = {"sqlite": {"busy_timeout_ms": 0}, "postgres": {"command_timeout": 0.2}}
+    async with open_sink(**options) as sink:
+        async with writes_blocked(sink):
+            async with coordinator(sink, dlq_path) as failing:
+                await failing.submit_many(bars)
+                await wait_until(lambda: _dead_lettered(failing, len(bars)))
+        assert await sink.count() == 0
+        records = await DeadLetterQueue[Any](dlq_path).replay()
+        assert all(r.metadata.get("reason") == "retries_exhausted" for r in records)
+        replayed = [item for record in records for item in record.items]
+        assert sorted(replayed, key=_key) == sorted(
+            (bar.model_dump(mode="json") for bar in bars), key=_key
+        )
+        for _ in range(2):  # the second replay must change nothing
+            async with coordinator(sink, tmp_path / "dlq-replay.ndjson") as replaying:
+                await replaying.submit_many(replayed)
+            assert replaying.stats().written == len(bars)
+            assert await sink.count() == len(bars)
+    assert not (tmp_path / "dlq-replay.ndjson").exists()
+
+
+@pytest.mark.postgres
+async def test_postgres_restart_mid_run_loses_nothing(
+    pg_server: PostgresServer, pg_dsn: str, tmp_path: Path
+) -> None:
+    """PostgreSQL restarting while batches are in flight and more are submitted: the failed
+    batches are retried and every bar is stored exactly once, none dead-lettered."""
+    dlq_path = tmp_path / "dlq.ndjson"
+    bars = make_bars(3000, symbols=20)
+    retry = RetryPolicy(max_attempts=200, initial_backoff_ms=10, max_backoff_ms=100)
+    async with PostgresBarsSink(pg_dsn, max_size=4) as sink:
+        coord = coordinator(sink, dlq_path, workers=4, batch_size=100, retry_policy=retry)
+        async with coord:
+            await coord.submit_many(bars[:1000])
+            await wait_until(lambda: _written(coord, 1000))
+            async with writes_blocked(sink):  # holds the next batches in flight...
+                await coord.submit_many(bars[1000:2000])
+                await wait_until(lambda: _lock_waiters(pg_dsn))
+                restart = asyncio.create_task(asyncio.to_thread(pg_server.restart, "immediate"))
+                await coord.submit_many(bars[2000:])  # ...and more arrive while it restarts
+                await restart
+        assert coord.stats().write_errors >= 1
+        assert coord.stats().written == len(bars)
+        assert coord.stats().dead_lettered == 0
+        assert await sink.count() == len(bars)
+    assert not dlq_path.exists()
+
+
+async def _written(coord: WriteCoordinator[Any], n: int) -> bool:
+    return coord.stats().written >= n
+
+
+async def _dead_lettered(coord: WriteCoordinator[Any], n: int) -> bool:
+    return coord.stats().dead_lettered >= n
+
+
+async def _lock_waiters(dsn: str) -> bool:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return bool(await conn.fetchval("SELECT count(*) > 0 FROM pg_locks WHERE NOT granted"))
+    finally:
+        await conn.close()
+
+
+def _key(item: dict[str, Any]) -> tuple[Any, ...]:
+    return (item["vendor"], item["symbol"], item["timeframe"], item["ts"])
