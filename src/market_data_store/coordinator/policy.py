@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -62,9 +63,11 @@ class RetryPolicy:
 
     def backoff_seconds(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        base_ms = min(
-            self.max_backoff_ms, self.initial_backoff_ms * self.backoff_multiplier ** (attempt - 1)
-        )
+        try:
+            grown_ms = self.initial_backoff_ms * self.backoff_multiplier ** (attempt - 1)
+        except OverflowError:  # after ~1000 attempts; 0 ms stays 0 (the zero-wait mode)
+            grown_ms = math.inf if self.initial_backoff_ms else 0.0
+        base_ms = min(self.max_backoff_ms, grown_ms)
         if self.jitter:  # "equal jitter": never less than half the backoff, spread over the rest
             base_ms = base_ms / 2 + random.uniform(0, base_ms / 2)
         return base_ms / 1000.0
