@@ -223,7 +223,11 @@ class PostgresBarsSink:
         await self.close()
 
     async def write(self, batch: Sequence[Bar]) -> None:
-        """Upsert ``batch`` (COPY, or COPY + merge on a key conflict); the batch is not modified."""
+        """Upsert ``batch`` (COPY, or COPY + merge on a key conflict); the batch is not modified.
+
+        Items that are not ``Bar`` objects (e.g. the dicts a DLQ replay yields) are validated
+        as bars first; one that fails makes the whole batch a ``PermanentSinkError``.
+        """
         self._lifecycle.check_open()
         started = time.perf_counter()
         try:

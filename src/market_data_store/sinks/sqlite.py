@@ -188,7 +188,11 @@ class SqliteBarsSink:
         await self.close()
 
     async def write(self, batch: Sequence[Bar]) -> None:
-        """Upsert ``batch`` in one transaction; the batch is not modified."""
+        """Upsert ``batch`` in one transaction; the batch is not modified.
+
+        Items that are not ``Bar`` objects (e.g. the dicts a DLQ replay yields) are validated
+        as bars first; one that fails makes the whole batch a ``PermanentSinkError``.
+        """
         started = time.perf_counter()
         try:
             await self._run(self._write_batch, batch)

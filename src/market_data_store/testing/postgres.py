@@ -199,8 +199,19 @@ class PostgresServer:
     def _run(self, program: str, *args: str) -> None:
         assert self._bin_dir is not None
         command = [str(self._bin_dir / program), *args]
+        try:
+            result = self._spawn(command)
+        except OSError as exc:  # the binary is missing or cannot run as that user
+            raise PostgresUnavailableError(f"cannot run {command[0]}: {exc}") from exc
+        if result.returncode != 0:
+            raise PostgresUnavailableError(
+                f"{program} {' '.join(args[:1])} failed ({result.returncode}):\n"
+                f"{result.stdout}{result.stderr}\n--- server log ---\n{self.log_tail()}"
+            )
+
+    def _spawn(self, command: list[str]) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
-        result = subprocess.run(
+        return subprocess.run(
             command,
             cwd=self._require_base(),
             env=env,
@@ -211,11 +222,6 @@ class PostgresServer:
             timeout=COMMAND_TIMEOUT_SEC,
             check=False,
         )
-        if result.returncode != 0:
-            raise PostgresUnavailableError(
-                f"{program} {' '.join(args[:1])} failed ({result.returncode}):\n"
-                f"{result.stdout}{result.stderr}\n--- server log ---\n{self.log_tail()}"
-            )
 
     def _require_base(self) -> Path:
         if self._base_dir is None:
