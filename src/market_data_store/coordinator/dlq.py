@@ -112,10 +112,16 @@ class DeadLetterQueue(Generic[T]):
         await asyncio.to_thread(self._append, line)
 
     def _append(self, line: str) -> None:
+        data = line.encode("utf-8") + b"\n"
         with self._lock:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            with self._path.open("a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
+            with self._path.open("a+b") as fh:
+                end = fh.seek(0, os.SEEK_END)
+                if end:  # a crash may have cut the last line short: never glue onto it
+                    fh.seek(end - 1)
+                    if fh.read(1) != b"\n":
+                        data = b"\n" + data
+                fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
 
