@@ -74,6 +74,7 @@ class PostgresServer:
 
     def __init__(self, *, bin_dir: Path | None = None, port: int | None = None) -> None:
         self._bin_dir = bin_dir
+        self._port_chosen = port is None
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.user = "postgres"
@@ -102,8 +103,22 @@ class PostgresServer:
         """Create the cluster (first call only) and start the server; waits until it accepts."""
         if self.running:
             return
-        if self._base_dir is None:
+        first = self._base_dir is None
+        if first:
             self._init_cluster()
+        for attempt in range(3):
+            try:
+                self._start_server()
+                break
+            except PostgresUnavailableError:
+                # Another process may have taken the port we picked; pick again (only
+                # before the first start: a restart must keep the port clients know).
+                if not (first and self._port_chosen) or attempt == 2:
+                    raise
+                self.port = free_port()
+        self.running = True
+
+    def _start_server(self) -> None:
         self._pg_ctl(
             "start",
             "-w",
@@ -114,7 +129,6 @@ class PostgresServer:
             "-o",
             self._server_options(),
         )
-        self.running = True
 
     def stop(self, mode: ShutdownMode = "fast") -> None:
         """Stop the server, keeping the data. ``fast`` disconnects sessions and rolls back

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,20 @@ def test_mds_require_postgres_turns_skips_into_failures(
     """MDS_REQUIRE_POSTGRES=1 (as .ci/run sets it) makes a missing server a failure."""
     monkeypatch.setenv("MDS_REQUIRE_POSTGRES", value)
     assert postgres_required() is required
+
+
+@pytest.mark.postgres
+def test_a_taken_port_is_replaced_on_first_start(pg_server: PostgresServer) -> None:
+    """If the port picked for a new server is taken by the time it starts, another is
+    picked, so a port race cannot fail a test run."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = PostgresServer()
+        server.port = taken.getsockname()[1]
+        try:
+            server.start()
+            assert server.running
+            assert server.port != taken.getsockname()[1]
+        finally:
+            server.destroy()
