@@ -79,7 +79,7 @@ async def test_requiring_a_hypertable_without_timescaledb_fails(pg_dsn: str, rea
 
 
 async def test_written_bars_read_back_equal(sink: PostgresBarsSink, reader: Any) -> None:
-    """Every bar written is stored once as timestamptz and reads back equal."""
+    """Written bars are stored once, ts as integer epoch microseconds, and read back equal."""
     bars = make_bars(60)
     await sink.write(bars)
     assert await sink.count() == 60
@@ -87,8 +87,7 @@ async def test_written_bars_read_back_equal(sink: PostgresBarsSink, reader: Any)
 
 
 async def test_replayed_batch_changes_nothing(sink: PostgresBarsSink, reader: Any) -> None:
-    """Writing the same batch again leaves every row untouched: same values, same xmin
-    (no row was even rewritten)."""
+    """A replayed batch leaves every row untouched: same values, same xmin (no rewrite)."""
     bars = make_bars(40)
     await sink.write(bars)
     before = await stored(reader, with_xmin=True)
@@ -101,8 +100,7 @@ async def test_replayed_batch_changes_nothing(sink: PostgresBarsSink, reader: An
 async def test_a_batch_overlapping_stored_rows_is_merged(
     sink: PostgresBarsSink, reader: Any
 ) -> None:
-    """A batch mixing stored keys (one with new values) and new keys stores the new rows,
-    updates the changed one and keeps the rest (the COPY conflict falls back to the merge)."""
+    """A batch overlapping stored keys is merged: new rows added, changed row updated."""
     bars = make_bars(30)
     await sink.write(bars[:20])
     corrected = bars[0].model_copy(update={"volume": 99.0})
@@ -151,8 +149,7 @@ async def test_dicts_from_a_dead_letter_replay_are_accepted(
 async def test_a_batch_holding_an_invalid_bar_fails_for_good_and_writes_nothing(
     sink: PostgresBarsSink, reader: Any, bad: Any
 ) -> None:
-    """A batch with anything that is not a valid bar raises PermanentSinkError and none of
-    its rows are stored; the sink stays usable."""
+    """A batch with an invalid bar raises PermanentSinkError and stores none of its rows."""
     with pytest.raises(PermanentSinkError):
         await sink.write([*make_bars(20), bad])
     assert await stored(reader) == []
@@ -163,8 +160,7 @@ async def test_a_batch_holding_an_invalid_bar_fails_for_good_and_writes_nothing(
 async def test_an_invalid_bar_on_the_merge_path_fails_for_good(
     sink: PostgresBarsSink, reader: Any
 ) -> None:
-    """An invalid bar in a batch that conflicts with stored rows is also permanent, and the
-    merge is rolled back as a whole."""
+    """An invalid bar on the merge path is permanent too and the merge is rolled back."""
     bars = make_bars(10)
     await sink.write(bars)
     before = await stored(reader)
@@ -182,8 +178,7 @@ async def test_concurrent_writes_all_land(sink: PostgresBarsSink) -> None:
 async def test_a_server_restart_is_retryable_and_the_pool_recovers(
     pg_server: PostgresServer, pg_dsn: str
 ) -> None:
-    """A write in flight when the server restarts fails with RetryableSinkError; the same
-    batch then succeeds on fresh connections and nothing written before is lost."""
+    """A write in flight during a restart is retryable; the retry succeeds, nothing lost."""
     async with PostgresBarsSink(pg_dsn, min_size=2, max_size=2) as sink:
         await asyncio.gather(sink.write(make_bars(10)), sink.write(make_bars(10, offset=10)))
         locker = await asyncio.wait_for(asyncpg.connect(pg_dsn), 10)

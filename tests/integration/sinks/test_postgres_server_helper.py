@@ -15,8 +15,7 @@ from market_data_store.testing.postgres import (
 
 
 def test_missing_binaries_raise_unavailable_and_leave_nothing_behind(tmp_path: Path) -> None:
-    """Without initdb, start() raises PostgresUnavailableError and destroy() removes the
-    temporary folder."""
+    """Without initdb, start() raises PostgresUnavailableError; destroy() cleans up."""
     server = PostgresServer(bin_dir=tmp_path / "no-such-bin")
     with pytest.raises(PostgresUnavailableError, match="initdb"):
         server.start()
@@ -37,8 +36,7 @@ def test_mds_require_postgres_turns_skips_into_failures(
 
 @pytest.mark.postgres
 def test_a_taken_port_is_replaced_on_first_start(pg_server: PostgresServer) -> None:
-    """If the port picked for a new server is taken by the time it starts, another is
-    picked, so a port race cannot fail a test run."""
+    """A port taken before the first start is replaced by another free one."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

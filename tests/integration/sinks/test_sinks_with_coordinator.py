@@ -93,8 +93,7 @@ def coordinator(sink: Any, dlq_path: Path, **overrides: Any) -> WriteCoordinator
 async def test_invalid_bars_are_dead_lettered_not_retried(
     open_sink: SinkFactory, tmp_path: Path
 ) -> None:
-    """A batch holding an invalid bar goes to the DLQ after one attempt, though the retry
-    policy would allow 50; the valid bars around it are stored."""
+    """An invalid bar is dead-lettered after one attempt although 50 were allowed."""
     dlq_path = tmp_path / "dlq.ndjson"
     bad = invalid_bar(low=1e9)
     async with open_sink() as sink:
@@ -117,8 +116,7 @@ async def test_invalid_bars_are_dead_lettered_not_retried(
 async def test_dlq_round_trip_stores_each_bar_exactly_once(
     open_sink: SinkFactory, tmp_path: Path
 ) -> None:
-    """Bars whose writes keep failing land in the DLQ; replayed through a new coordinator
-    they are stored, and replaying again stores nothing twice."""
+    """Dead-lettered bars replayed through a coordinator (twice) are stored exactly once."""
     dlq_path = tmp_path / "dlq.ndjson"
     bars = make_bars(120)
     options = {"sqlite": {"busy_timeout_ms": 0}, "postgres": {"command_timeout": 0.2}}
@@ -146,8 +144,7 @@ async def test_dlq_round_trip_stores_each_bar_exactly_once(
 async def test_postgres_restart_mid_run_loses_nothing(
     pg_server: PostgresServer, pg_dsn: str, tmp_path: Path
 ) -> None:
-    """PostgreSQL restarting while batches are in flight and more are submitted: the failed
-    batches are retried and every bar is stored exactly once, none dead-lettered."""
+    """A PostgreSQL restart mid-run: failed batches are retried, every bar stored once."""
     dlq_path = tmp_path / "dlq.ndjson"
     bars = make_bars(3000, symbols=20)
     retry = RetryPolicy(max_attempts=200, initial_backoff_ms=10, max_backoff_ms=100)

@@ -74,8 +74,7 @@ async def test_open_creates_the_table_in_wal_mode(
 async def test_written_bars_read_back_equal(
     sink: SqliteBarsSink, reader: sqlite3.Connection
 ) -> None:
-    """Every bar written is stored once, with ts as integer epoch microseconds, and reads
-    back equal."""
+    """Written bars are stored once, ts as integer epoch microseconds, and read back equal."""
     bars = make_bars(50)
     await sink.write(bars)
     rows = stored(reader)
@@ -142,8 +141,7 @@ async def test_dicts_from_a_dead_letter_replay_are_accepted(
 async def test_a_batch_holding_an_invalid_bar_fails_for_good_and_writes_nothing(
     sink: SqliteBarsSink, reader: sqlite3.Connection, bad: Any
 ) -> None:
-    """A batch with anything that is not a valid bar raises PermanentSinkError and none of
-    its rows are stored (one transaction per batch)."""
+    """A batch with an invalid bar raises PermanentSinkError and stores none of its rows."""
     with pytest.raises(PermanentSinkError):
         await sink.write([*make_bars(20), bad])
     assert stored(reader) == []
@@ -158,8 +156,7 @@ async def test_the_error_names_the_invalid_item(sink: SqliteBarsSink) -> None:
 
 
 async def test_a_locked_database_is_retryable(db_path: Path, reader: sqlite3.Connection) -> None:
-    """While another connection holds the write lock, write() raises RetryableSinkError;
-    the same batch succeeds once the lock is released."""
+    """A locked database raises RetryableSinkError; the batch succeeds once unlocked."""
     bars = make_bars(10)
     async with SqliteBarsSink(db_path, busy_timeout_ms=0) as sink:
         reader.execute("BEGIN IMMEDIATE")
@@ -173,8 +170,7 @@ async def test_a_locked_database_is_retryable(db_path: Path, reader: sqlite3.Con
 async def test_database_work_does_not_block_the_event_loop(
     db_path: Path, reader: sqlite3.Connection
 ) -> None:
-    """A write waiting on a locked database leaves the event loop free: the test releases the
-    lock from the loop while the write waits, and the write then succeeds."""
+    """A write waiting on a lock leaves the event loop free to release that lock."""
     async with SqliteBarsSink(db_path, busy_timeout_ms=30_000) as sink:
         reader.execute("BEGIN IMMEDIATE")
         write = asyncio.create_task(sink.write(make_bars(5)))
