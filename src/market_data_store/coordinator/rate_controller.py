@@ -4,9 +4,11 @@
 second) per coordinator it watches, by additive increase and multiplicative decrease:
 
 - SOFT multiplies that coordinator's rate by ``soft_factor``, HARD by ``hard_factor``, never
-  below ``min_rate``. To keep a level that flaps (SOFT, OK, SOFT, ...) from collapsing the
-  rate, a cut is skipped when this coordinator already had a cut at the same or a more severe
-  level within ``min_decrease_interval`` seconds; a HARD after a recent SOFT still cuts.
+  below ``min_rate``. The queue has no hysteresis between OK and SOFT, so its size wobbling
+  around the low watermark flaps SOFT, OK, SOFT, ...; to keep that from collapsing the rate,
+  SOFT cuts only after an OK that lasted at least ``min_decrease_interval`` seconds (one cut
+  per pressure episode), and HARD cuts at most once per ``min_decrease_interval`` (a HARD
+  after a SOFT still cuts: that is an escalation).
 - While the coordinator is OK the rate grows back towards ``max_rate`` by
   ``increase_per_sec`` per second, but only for the time the producer is actually held back
   (a caller waiting in ``acquire()``): an idle or slower producer earns no headroom.
@@ -39,7 +41,6 @@ from market_data_store.coordinator.types import ConfigError, check_range
 BURST_SEC = 0.1
 """The bucket holds at most this many seconds of tokens at the current rate (at least one)."""
 
-_SEVERITY = {BackpressureLevel.OK: 0, BackpressureLevel.SOFT: 1, BackpressureLevel.HARD: 2}
 _EPSILON = 1e-9  # tokens: float rounding must not cost an extra sleep
 
 
@@ -50,8 +51,8 @@ class _CoordinatorState:
     rate: float
     level: BackpressureLevel = BackpressureLevel.OK
     seq: int = 0
-    cut_at: float = -math.inf
-    cut_severity: int = 0
+    ok_since: float = -math.inf  # when the level last became OK
+    hard_cut_at: float = -math.inf
 
 
 def _check_number(
@@ -86,7 +87,7 @@ class RateController:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
-        """Rates are items per second; defaults: min_rate 1 % and increase_per_sec 5 % of max."""
+        """Rates are items per second; defaults: min_rate 1 % and increase_per_sec 1.5 % of max."""
         self._max_rate = _check_number("max_rate", max_rate, lo=0, hi_open=True)
         self._min_rate = _check_number(
             "min_rate", max_rate / 100 if min_rate is None else min_rate, lo=0, hi=self._max_rate
@@ -95,11 +96,11 @@ class RateController:
         self._hard_factor = _check_number("hard_factor", hard_factor, lo=0, hi=self._soft_factor)
         self._increase_per_sec = _check_number(
             "increase_per_sec",
-            max_rate / 20 if increase_per_sec is None else increase_per_sec,
+            max_rate * 0.015 if increase_per_sec is None else increase_per_sec,
             lo=0,
             hi_open=True,
         )
-        self._min_decrease_interval = _check_number(
+        self._min_interval = _check_number(
             "min_decrease_interval", min_decrease_interval, lo=0, lo_open=False, hi_open=True
         )
         self._watched = _check_ids(coordinator_ids)
@@ -153,10 +154,16 @@ class RateController:
             return
         if state is None:
             state = self._states[cid] = _CoordinatorState(rate=self._max_rate)
-        state.seq = event.seq
-        state.level = event.level
-        if event.level is not BackpressureLevel.OK:
-            self._cut(state, event.level, now)
+        previous, state.level, state.seq = state.level, event.level, event.seq
+        if event.level is BackpressureLevel.OK:
+            if previous is not BackpressureLevel.OK:
+                state.ok_since = now
+        elif event.level is BackpressureLevel.SOFT:
+            if previous is BackpressureLevel.OK and now - state.ok_since >= self._min_interval:
+                self._cut(state, self._soft_factor)
+        elif now - state.hard_cut_at >= self._min_interval:
+            state.hard_cut_at = now
+            self._cut(state, self._hard_factor)
 
     async def start(self) -> None:
         """Subscribe to the bus (idempotent)."""
@@ -178,15 +185,8 @@ class RateController:
     ) -> None:
         await self.stop()
 
-    def _cut(self, state: _CoordinatorState, level: BackpressureLevel, now: float) -> None:
-        severity = _SEVERITY[level]
-        recent = now - state.cut_at < self._min_decrease_interval
-        if recent and state.cut_severity >= severity:
-            return  # flapping: this coordinator was cut at least this hard a moment ago
-        factor = self._hard_factor if level is BackpressureLevel.HARD else self._soft_factor
+    def _cut(self, state: _CoordinatorState, factor: float) -> None:
         state.rate = max(self._min_rate, state.rate * factor)
-        state.cut_at = now
-        state.cut_severity = severity
 
     def _effective_rate(self) -> float:
         return min((s.rate for s in self._states.values()), default=self._max_rate)

@@ -88,12 +88,21 @@ async def test_default_floor_is_one_percent_of_max_rate(clock: FakeClock) -> Non
 
 async def test_ok_grows_rate_gradually_by_increase_per_sec(clock: FakeClock) -> None:
     """After OK the rate grows by increase_per_sec per second held back, not in one jump."""
-    rc = make(clock)  # default increase: 5 % of max_rate = 50 items/s per second
+    rc = make(clock, increase_per_sec=50)
     await rc(event(HARD, 1))
     await rc(event(OK, 2))
     assert rc.rate == pytest.approx(500)
     await produce(rc, clock, 2.0)
     assert rc.rate == pytest.approx(600, abs=2)
+
+
+async def test_default_increase_is_1_5_percent_of_max_rate_per_second(clock: FakeClock) -> None:
+    """Without increase_per_sec, the rate grows by 1.5 % of max_rate per second held back."""
+    rc = make(clock)
+    await rc(event(HARD, 1))
+    await rc(event(OK, 2))
+    await produce(rc, clock, 4.0)
+    assert rc.rate == pytest.approx(560, abs=2)
 
 
 async def test_rate_never_exceeds_max_rate(clock: FakeClock) -> None:
@@ -175,16 +184,25 @@ async def test_unwatched_coordinators_are_ignored(clock: FakeClock) -> None:
     assert rc.rate == pytest.approx(500)
 
 
-async def test_flapping_soft_cuts_once_per_min_decrease_interval(clock: FakeClock) -> None:
-    """SOFT, OK, SOFT within min_decrease_interval cuts once; after the interval it cuts again."""
+async def test_flapping_soft_cuts_once_per_episode(clock: FakeClock) -> None:
+    """SOFT after an OK shorter than min_decrease_interval does not cut; after a long OK it does."""
     rc = make(clock, min_decrease_interval=2.0)
-    for seq in range(1, 8):
+    for seq in range(1, 9):
         await rc(event(SOFT if seq % 2 else OK, seq))
-        clock.now += 0.25
+        clock.now += 0.5
     assert rc.rate == pytest.approx(800)
-    clock.now += 2.0
+    clock.now += 1.5  # OK (seq 8) has now lasted 2 s
     await rc(event(SOFT, 9))
     assert rc.rate == pytest.approx(640)
+
+
+async def test_soft_reemitted_while_soft_does_not_cut(clock: FakeClock) -> None:
+    """A SOFT lifecycle event (e.g. circuit_closed) while already SOFT changes nothing."""
+    rc = make(clock)
+    await rc(event(SOFT, 1))
+    clock.now += 5
+    await rc(event(SOFT, 2, reason="circuit_closed"))
+    assert rc.rate == pytest.approx(800)
 
 
 async def test_hard_after_recent_soft_still_cuts(clock: FakeClock) -> None:
