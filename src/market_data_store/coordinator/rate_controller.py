@@ -38,6 +38,12 @@ from market_data_store.coordinator.feedback import (
 )
 from market_data_store.coordinator.types import ConfigError, check_range
 
+DEFAULT_MIN_RATE_FRACTION = 0.01
+# Growth slow enough that, refilling the queue from low, the rate overshoots the sink by less
+# than a SOFT cut takes back; at 5 % the simulation (benchmarks/closed_loop_sim.py) cycled
+# through HARD at 2.7 level transitions per second, at 1.5 % it stays under one.
+DEFAULT_INCREASE_FRACTION = 0.015
+
 BURST_SEC = 0.1
 """The bucket holds at most this many seconds of tokens at the current rate (at least one)."""
 
@@ -87,16 +93,22 @@ class RateController:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
-        """Rates are items per second; defaults: min_rate 1 % and increase_per_sec 1.5 % of max."""
+        """Rates are items per second; min_rate defaults to 1 % of max_rate, increase_per_sec
+        to 1.5 % of max_rate per second. Needs 0 < min_rate <= max_rate and
+        0 < hard_factor <= soft_factor <= 1; ``clock`` and ``sleep`` are for tests.
+        """
         self._max_rate = _check_number("max_rate", max_rate, lo=0, hi_open=True)
         self._min_rate = _check_number(
-            "min_rate", max_rate / 100 if min_rate is None else min_rate, lo=0, hi=self._max_rate
+            "min_rate",
+            max_rate * DEFAULT_MIN_RATE_FRACTION if min_rate is None else min_rate,
+            lo=0,
+            hi=self._max_rate,
         )
         self._soft_factor = _check_number("soft_factor", soft_factor, lo=0, hi=1)
         self._hard_factor = _check_number("hard_factor", hard_factor, lo=0, hi=self._soft_factor)
         self._increase_per_sec = _check_number(
             "increase_per_sec",
-            max_rate * 0.015 if increase_per_sec is None else increase_per_sec,
+            max_rate * DEFAULT_INCREASE_FRACTION if increase_per_sec is None else increase_per_sec,
             lo=0,
             hi_open=True,
         )
