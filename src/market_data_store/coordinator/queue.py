@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import repeat, starmap
 from typing import Generic, NamedTuple, TypeVar
 
@@ -203,12 +203,15 @@ class BoundedQueue(Generic[T]):
         self._items.append(item)
         self._after_grow()
 
-    async def put_many(self, batch: Iterable[T]) -> int:
+    async def put_many(
+        self, batch: Iterable[T], *, on_added: Callable[[int], None] | None = None
+    ) -> int:
         """Add every item of ``batch`` in order and return how many were added.
 
-        ``block`` waits for room chunk by chunk (if cancelled, a prefix of the batch is in);
-        ``drop_oldest`` never waits; ``error`` adds all or nothing and raises
-        ``QueueFullError`` when the batch does not fit.
+        ``block`` waits for room chunk by chunk (if cancelled or closed meanwhile, a prefix
+        of the batch is in); ``drop_oldest`` never waits; ``error`` adds all or nothing and
+        raises ``QueueFullError`` when the batch does not fit. ``on_added(n)`` is called
+        each time ``n`` items have been added, so a caller can count a prefix.
         """
         batch = batch if isinstance(batch, list) else list(batch)
         total = len(batch)
@@ -223,10 +226,14 @@ class BoundedQueue(Generic[T]):
                 )
             buf.extend(batch)
             self._after_grow()
+            if on_added is not None:
+                on_added(total)
         elif self._strategy == "drop_oldest":
             buf.extend(batch)
             self._drop_oldest(len(self) - self._capacity)
             self._after_grow()
+            if on_added is not None:
+                on_added(total)
         else:
             done = 0
             woken = False
@@ -239,8 +246,11 @@ class BoundedQueue(Generic[T]):
                     woken = True
                     continue
                 buf.extend(batch[done : done + room] if done or room < total else batch)
-                done += min(room, total - done)
+                added = min(room, total - done)
+                done += added
                 self._after_grow()
+                if on_added is not None:
+                    on_added(added)
                 if self._putters and len(self) < self._capacity:
                     self._wake_putter()
         return total

@@ -352,11 +352,14 @@ class WriteCoordinator(Generic[T]):
         if self._state is not _State.RUNNING:
             raise self._not_running()
         try:
-            count = await self._queue.put_many(items)
+            # Counted as queued, chunk by chunk: a blocked call cut short by stop() or by
+            # cancellation has still queued a prefix, which must be accounted for.
+            return await self._queue.put_many(items, on_added=self._count_submitted)
         except QueueClosedError:
             raise self._not_running() from None
+
+    def _count_submitted(self, count: int) -> None:
         self._submitted += count
-        return count
 
     def _not_running(self) -> CoordinatorNotRunningError:
         hint = "call start() first" if self._state is _State.NEW else "it was stopped"
