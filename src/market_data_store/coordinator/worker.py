@@ -73,6 +73,7 @@ class SinkWorker(Generic[T]):
         self._wait_for_breaker = wait_for_breaker
         self._coord_id = coord_id
         self.abandoned: list[list[T]] = []  # batches held when the worker was cancelled
+        self._holding: list[T] | None = None  # the batch this worker is responsible for
         self._batches = metrics.BATCHES_WRITTEN.labels(coord_id)
         self._items = metrics.ITEMS_WRITTEN.labels(coord_id)
         self._latency = metrics.WRITE_LATENCY.labels(coord_id)
@@ -84,14 +85,25 @@ class SinkWorker(Generic[T]):
             batch = await queue.get_batch(self._batch_size, self._flush_interval)
             if not batch:
                 return
+            self._holding = batch
             try:
                 await self._write(batch)
             except asyncio.CancelledError:
-                self.abandoned.append(batch)
+                if self._holding is not None:  # not yet handed to the dead-letter path
+                    self.abandoned.append(self._holding)
                 raise
             except Exception as exc:  # a bug of ours must not kill the worker or lose the batch
                 logger.opt(exception=exc).error("worker {} failed on a batch", self.worker_id)
-                await self._dead_letter(batch, exc, self._metadata(0, "worker_error"))
+                await self._give_up(batch, exc, self._metadata(0, "worker_error"))
+            self._holding = None
+
+    async def _give_up(
+        self, batch: list[T], error: BaseException | str, metadata: Mapping[str, Any]
+    ) -> None:
+        # From here the dead-letter path owns the batch, even if this worker is cancelled
+        # while the save is under way: the stop deadline must not save it a second time.
+        self._holding = None
+        await self._dead_letter(batch, error, metadata)
 
     async def _write(self, batch: list[T]) -> None:
         attempt = 0
@@ -100,7 +112,7 @@ class SinkWorker(Generic[T]):
             if not breaker.allow():
                 if not await self._wait_for_breaker(breaker.seconds_until_probe()):
                     error = CircuitOpenError("circuit open while the coordinator stopped")
-                    await self._dead_letter(batch, error, self._metadata(attempt, "circuit_open"))
+                    await self._give_up(batch, error, self._metadata(attempt, "circuit_open"))
                     return
                 continue
             attempt += 1
@@ -132,7 +144,7 @@ class SinkWorker(Generic[T]):
                     attempt,
                     exc,
                 )
-                await self._dead_letter(batch, exc, self._metadata(attempt, reason))
+                await self._give_up(batch, exc, self._metadata(attempt, reason))
                 return
             breaker.record_success()
             self._latency.observe(time.perf_counter() - started)

@@ -128,6 +128,7 @@ class WriteCoordinator(Generic[T]):
         self._workers: list[SinkWorker[T]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._breaker_waiters: set[asyncio.Future[None]] = set()
+        self._saving: set[asyncio.Task[None]] = set()  # workers' DLQ saves under way
         self._stop_lock: asyncio.Lock | None = None
         self._breaker.on_change = self._on_circuit_change
 
@@ -255,7 +256,7 @@ class WriteCoordinator(Generic[T]):
                 retry_policy=self._retry,
                 breaker=self._breaker,
                 ledger=self._ledger,
-                dead_letter=self._dead_letter,
+                dead_letter=self._dead_letter_batch,
                 wait_for_breaker=self._wait_for_breaker,
                 coord_id=self._coord_id,
             )
@@ -302,6 +303,8 @@ class WriteCoordinator(Generic[T]):
                     for task in pending:
                         task.cancel()
                     await asyncio.wait(pending, timeout=_CANCEL_GRACE_SEC)
+            if self._saving:  # batches cancelled workers had already handed to the DLQ
+                await asyncio.wait(set(self._saving))
             leftovers: list[T] = [item for w in self._workers for b in w.abandoned for item in b]
             for worker in self._workers:
                 worker.abandoned.clear()
@@ -368,6 +371,16 @@ class WriteCoordinator(Generic[T]):
         )
 
     # -- failure handling ----------------------------------------------------------------
+
+    async def _dead_letter_batch(
+        self, items: list[T], error: BaseException | str, metadata: Mapping[str, Any]
+    ) -> None:
+        """A worker gives a batch up: the save completes even if the worker is cancelled
+        meanwhile (a cancelled save may be on disk already), and ``stop()`` waits for it."""
+        task = asyncio.create_task(self._dead_letter(items, error, metadata))
+        self._saving.add(task)
+        task.add_done_callback(self._saving.discard)
+        await asyncio.shield(task)
 
     async def _dead_letter(
         self, items: list[T], error: BaseException | str, metadata: Mapping[str, Any]
