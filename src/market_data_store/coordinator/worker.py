@@ -110,7 +110,11 @@ class SinkWorker(Generic[T]):
         breaker = self._breaker
         while True:
             if not breaker.allow():
-                if not await self._wait_for_breaker(breaker.seconds_until_probe()):
+                # Open: wait until a probe is due. Half-open with a probe in flight
+                # (seconds_until_probe() == 0): wait for its outcome, which wakes us; the
+                # interval only bounds the wait should the probe be abandoned.
+                wait = breaker.seconds_until_probe() or breaker.half_open_after_sec
+                if not await self._wait_for_breaker(wait):
                     error = CircuitOpenError("circuit open while the coordinator stopped")
                     await self._give_up(batch, error, self._metadata(attempt, "circuit_open"))
                     return
