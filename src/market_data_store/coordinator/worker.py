@@ -121,41 +121,43 @@ class SinkWorker(Generic[T]):
                 continue
             attempt += 1
             started = time.perf_counter()
+            exc: BaseException
             try:
                 await self._sink.write(batch)
-            except asyncio.CancelledError:
-                breaker.release_probe()
-                raise
-            except Exception as exc:
-                breaker.record_failure()
-                self._ledger.write_errors += 1
-                metrics.WRITE_ERRORS.labels(self._coord_id, type(exc).__name__).inc()
-                retryable = self._retry.classify_retryable(exc)
-                if retryable and attempt < self._retry.max_attempts:
-                    logger.debug(
-                        "worker {}: attempt {} failed ({!r}); retrying",
-                        self.worker_id,
-                        attempt,
-                        exc,
-                    )
-                    await asyncio.sleep(self._retry.backoff_seconds(attempt))
-                    continue
-                reason = "retries_exhausted" if retryable else "permanent_error"
-                logger.warning(
-                    "worker {}: batch of {} failed for good after {} attempt(s): {!r}",
-                    self.worker_id,
-                    len(batch),
-                    attempt,
-                    exc,
-                )
-                await self._give_up(batch, exc, self._metadata(attempt, reason))
+            except asyncio.CancelledError as cancelled:
+                if _being_cancelled():
+                    breaker.release_probe()
+                    raise
+                exc = cancelled  # raised by the sink itself: a failure like any other
+            except Exception as failure:
+                exc = failure
+            else:
+                breaker.record_success()
+                self._latency.observe(time.perf_counter() - started)
+                self._ledger.written += len(batch)
+                self._ledger.batches_written += 1
+                self._batches.inc()
+                self._items.inc(len(batch))
                 return
-            breaker.record_success()
-            self._latency.observe(time.perf_counter() - started)
-            self._ledger.written += len(batch)
-            self._ledger.batches_written += 1
-            self._batches.inc()
-            self._items.inc(len(batch))
+            breaker.record_failure()
+            self._ledger.write_errors += 1
+            metrics.WRITE_ERRORS.labels(self._coord_id, type(exc).__name__).inc()
+            retryable = self._retry.classify_retryable(exc)
+            if retryable and attempt < self._retry.max_attempts:
+                logger.debug(
+                    "worker {}: attempt {} failed ({!r}); retrying", self.worker_id, attempt, exc
+                )
+                await asyncio.sleep(self._retry.backoff_seconds(attempt))
+                continue
+            reason = "retries_exhausted" if retryable else "permanent_error"
+            logger.warning(
+                "worker {}: batch of {} failed for good after {} attempt(s): {!r}",
+                self.worker_id,
+                len(batch),
+                attempt,
+                exc,
+            )
+            await self._give_up(batch, exc, self._metadata(attempt, reason))
             return
 
     def _metadata(self, attempts: int, reason: str) -> dict[str, Any]:
@@ -165,3 +167,9 @@ class SinkWorker(Generic[T]):
             "attempts": attempts,
             "reason": reason,
         }
+
+
+def _being_cancelled() -> bool:
+    """True if the current task was asked to stop (not merely handed a CancelledError)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
