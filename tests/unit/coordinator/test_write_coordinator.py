@@ -1,0 +1,690 @@
+"""WriteCoordinator: lifecycle, draining, failures, circuit breaking, bounded stop, idleness."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from market_data_store.coordinator.dlq import DeadLetterQueue
+from market_data_store.coordinator.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
+from market_data_store.coordinator.policy import CircuitBreaker, RetryPolicy
+from market_data_store.coordinator.settings import CoordinatorRuntimeSettings
+from market_data_store.coordinator.types import (
+    ConfigError,
+    CoordinatorNotRunningError,
+    PermanentSinkError,
+    RetryableSinkError,
+)
+from market_data_store.coordinator.write_coordinator import CoordinatorHealth, WriteCoordinator
+
+WaitUntil = Callable[..., Awaitable[None]]
+OK, SOFT, HARD = BackpressureLevel.OK, BackpressureLevel.SOFT, BackpressureLevel.HARD
+ZERO_WAIT = RetryPolicy(initial_backoff_ms=0)
+DEADLINE = 2.0  # seconds; every wait below is bounded by it
+STOP_T = 0.3  # the stop timeout of the bounded-stop tests
+STOP_SLACK = 0.5  # stop(timeout=T) must return within T + this
+
+
+# -- sinks and helpers ---------------------------------------------------------------------
+
+
+class RecordingSink:
+    """Stores every batch it is handed, keeping the very list objects, and a copy of each."""
+
+    def __init__(self) -> None:
+        self.batches: list[Sequence[Any]] = []
+        self.copies: list[list[Any]] = []
+        self.calls = 0
+
+    async def write(self, batch: Sequence[Any]) -> None:
+        self.calls += 1
+        self.batches.append(batch)
+        self.copies.append(list(batch))
+
+    @property
+    def items(self) -> list[Any]:
+        return [item for batch in self.copies for item in batch]
+
+
+class ScriptedSink(RecordingSink):
+    """Raises ``error`` while ``failing`` is true; hangs while ``hanging`` is true."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        super().__init__()
+        self.error = error
+        self.failing = error is not None
+        self.hanging = False
+        self.hung = 0  # calls currently hanging
+
+    async def write(self, batch: Sequence[Any]) -> None:
+        if self.hanging:
+            self.calls += 1
+            self.hung += 1
+            try:
+                await asyncio.Future()  # forever; only cancellation ends it
+            finally:
+                self.hung -= 1
+        if self.failing:
+            self.calls += 1
+            assert self.error is not None
+            raise self.error
+        await super().write(batch)
+
+
+class HangingSink(ScriptedSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hanging = True
+
+
+class GatedSink(RecordingSink):
+    """Holds every write until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def write(self, batch: Sequence[Any]) -> None:
+        self.waiting += 1
+        await self.gate.wait()
+        self.waiting -= 1
+        await super().write(batch)
+
+
+class CountingBreaker(CircuitBreaker):
+    """A breaker that counts how often workers ask it for permission."""
+
+    allow_calls = 0
+
+    def allow(self) -> bool:
+        self.allow_calls += 1
+        return super().allow()
+
+
+class Recorder:
+    """A feedback subscriber that keeps every event."""
+
+    def __init__(self) -> None:
+        self.events: list[FeedbackEvent] = []
+
+    async def __call__(self, event: FeedbackEvent) -> None:
+        self.events.append(event)
+
+    def reasons(self) -> list[tuple[BackpressureLevel, str | None]]:
+        return [(e.level, e.reason) for e in self.events]
+
+
+def make(sink: Any, **kwargs: Any) -> WriteCoordinator[Any]:
+    kwargs.setdefault("coord_id", f"wc-{uuid.uuid4().hex[:8]}")
+    kwargs.setdefault("bus", FeedbackBus())
+    kwargs.setdefault("flush_interval", 0.01)
+    kwargs.setdefault("retry_policy", ZERO_WAIT)
+    return WriteCoordinator(sink=sink, **kwargs)
+
+
+def watched(sink: Any, **kwargs: Any) -> tuple[WriteCoordinator[Any], Recorder, FeedbackBus]:
+    bus = FeedbackBus(max_backlog=10_000)
+    recorder = Recorder()
+    bus.subscribe(recorder)
+    return make(sink, bus=bus, **kwargs), recorder, bus
+
+
+def dlq_at(tmp_path: Path) -> DeadLetterQueue[Any]:
+    return DeadLetterQueue(tmp_path / f"dlq-{uuid.uuid4().hex[:8]}.ndjson")
+
+
+async def dlq_items(dlq: DeadLetterQueue[Any]) -> list[tuple[Any, str]]:
+    """Every dead-lettered item with the reason of its record."""
+    return [
+        (item, record.metadata.get("reason", ""))
+        for record in await dlq.replay(max_records=1_000_000)
+        for item in record.items
+    ]
+
+
+async def assert_conserved(
+    coord: WriteCoordinator[Any], sink: RecordingSink, dlq: DeadLetterQueue[Any]
+) -> None:
+    """written + dead-lettered + dropped == submitted, each item in exactly one place."""
+    stats = coord.stats()
+    written = sink.items
+    dead = [item for item, _ in await dlq_items(dlq)]
+    dropped = sum(stats.dropped.values())
+    assert len(set(written)) == len(written), "an item was written twice"
+    assert len(set(dead)) == len(dead), "an item was dead-lettered twice"
+    assert not set(written) & set(dead), "an item is both written and dead-lettered"
+    assert len(written) + len(dead) + dropped == stats.submitted
+    assert (stats.written, stats.dead_lettered) == (len(written), len(dead))
+
+
+async def timed_stop(coord: WriteCoordinator[Any], **kwargs: Any) -> float:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await coord.stop(**kwargs)
+    return loop.time() - started
+
+
+# -- lifecycle -----------------------------------------------------------------------------
+
+
+async def test_start_and_stop_are_idempotent() -> None:
+    """start() twice runs one set of workers; stop() twice is harmless."""
+    coord = make(RecordingSink(), workers=3)
+    await coord.start()
+    await coord.start()
+    assert (coord.state, coord.health().workers_alive) == ("running", 3)
+    await coord.stop()
+    await coord.stop()
+    assert (coord.state, coord.health().workers_alive) == ("stopped", 0)
+
+
+async def test_async_with_starts_and_stops() -> None:
+    """`async with` starts the coordinator and stops it (draining) on exit."""
+    sink = RecordingSink()
+    async with make(sink) as coord:
+        assert coord.state == "running"
+        await coord.submit("x")
+    assert coord.state == "stopped"
+    assert sink.items == ["x"]
+
+
+async def test_a_stopped_coordinator_cannot_restart() -> None:
+    """start() after stop() raises CoordinatorNotRunningError."""
+    coord = make(RecordingSink())
+    await coord.start()
+    await coord.stop()
+    with pytest.raises(CoordinatorNotRunningError, match="restart"):
+        await coord.start()
+
+
+async def test_submit_before_start_raises() -> None:
+    """submit() and submit_many() before start() raise CoordinatorNotRunningError."""
+    coord = make(RecordingSink())
+    with pytest.raises(CoordinatorNotRunningError, match="start"):
+        await coord.submit(1)
+    with pytest.raises(CoordinatorNotRunningError):
+        await coord.submit_many([1, 2])
+    assert coord.stats().submitted == 0
+
+
+async def test_submit_after_stop_raises() -> None:
+    """submit() and submit_many() after stop() raise CoordinatorNotRunningError."""
+    coord = make(RecordingSink())
+    async with coord:
+        pass
+    with pytest.raises(CoordinatorNotRunningError, match="stopped"):
+        await coord.submit(1)
+    with pytest.raises(CoordinatorNotRunningError):
+        await coord.submit_many([1, 2])
+
+
+async def test_submit_many_writes_everything_in_order() -> None:
+    """submit_many() returns the count and every item reaches the sink, in order."""
+    sink = RecordingSink()
+    async with make(sink, workers=1, batch_size=7, capacity=50) as coord:
+        assert await coord.submit_many(range(100)) == 100
+        assert await coord.submit_many(iter(range(100, 110))) == 10
+    assert sink.items == list(range(110))
+    assert all(len(batch) <= 7 for batch in sink.batches)
+
+
+async def test_health_reports_workers_queue_circuit_and_level() -> None:
+    """health() returns workers alive, queue size and capacity, circuit state and level."""
+    coord = make(RecordingSink(), workers=2, capacity=10)
+    assert coord.health() == CoordinatorHealth(0, 0, 10, "closed", OK)
+    async with coord:
+        assert coord.health() == CoordinatorHealth(2, 0, 10, "closed", OK)
+    assert coord.health() == CoordinatorHealth(0, 0, 10, "closed", OK)
+
+
+async def test_stats_count_every_item(tmp_path: Path, wait_until: WaitUntil) -> None:
+    """stats() counts submitted, written, batches, write errors and dead-lettered items."""
+    sink = ScriptedSink(PermanentSinkError("no"))
+    dlq = dlq_at(tmp_path)
+    coord = make(sink, workers=1, batch_size=5, dlq=dlq)
+    async with coord:
+        await coord.submit_many(range(5))
+        await wait_until(lambda: coord.stats().dead_lettered == 5)
+        sink.failing = False
+        await coord.submit_many(range(5, 15))
+    stats = coord.stats()
+    assert (stats.submitted, stats.written, stats.dead_lettered) == (15, 10, 5)
+    assert (stats.batches_written, stats.write_errors, stats.dropped) == (2, 1, {})
+    assert (stats.queue_size, stats.workers_alive, stats.state) == (0, 0, "stopped")
+
+
+async def test_stop_with_drain_writes_everything_queued() -> None:
+    """stop(drain=True) returns after every queued item has been written."""
+    sink = RecordingSink()
+    coord = make(sink, workers=2, batch_size=10, flush_interval=5.0, capacity=1000)
+    await coord.start()
+    await coord.submit_many(range(995))
+    await coord.stop(drain=True)
+    assert sorted(sink.items) == list(range(995))
+
+
+async def test_stop_without_drain_dead_letters_what_is_queued(
+    tmp_path: Path, wait_until: WaitUntil
+) -> None:
+    """stop(drain=False) sends queued items to the DLQ (reason not_drained); in-flight finish."""
+    sink = GatedSink()
+    dlq = dlq_at(tmp_path)
+    coord = make(sink, workers=1, batch_size=3, dlq=dlq)
+    await coord.start()
+    await coord.submit_many(range(10))
+    await wait_until(lambda: sink.waiting == 1)
+    stopping = asyncio.create_task(coord.stop(drain=False, timeout=DEADLINE))
+    await wait_until(lambda: coord.stats().dead_lettered == 7)
+    sink.gate.set()
+    async with asyncio.timeout(DEADLINE):
+        await stopping
+    assert sink.items == [0, 1, 2]
+    dead = await dlq_items(dlq)
+    assert sorted(item for item, _ in dead) == list(range(3, 10))
+    assert {reason for _, reason in dead} == {"not_drained"}
+    await assert_conserved(coord, sink, dlq)
+
+
+async def test_batches_handed_to_the_sink_are_never_mutated(tmp_path: Path) -> None:
+    """Every list the sink received still holds what it held when handed over."""
+    sink = ScriptedSink(RetryableSinkError("flaky"))
+    coord = make(
+        sink,
+        workers=3,
+        batch_size=4,
+        capacity=8,
+        overflow_strategy="drop_oldest",
+        dlq=dlq_at(tmp_path),
+        retry_policy=RetryPolicy(max_attempts=2, initial_backoff_ms=0),
+        circuit_breaker=CircuitBreaker(failure_threshold=1000),
+    )
+    async with coord:
+        for i in range(0, 60, 6):
+            await coord.submit_many(range(i, i + 6))
+            sink.failing = not sink.failing
+            await asyncio.sleep(0)
+        await coord.submit_many(range(60, 100))
+    assert sink.batches, "the sink was never called"
+    assert [list(batch) for batch in sink.batches] == sink.copies
+
+
+async def test_stop_ends_with_an_ok_stopped_event() -> None:
+    """The last event of a stopped coordinator is OK with reason "stopped" and the next seq."""
+    coord, recorder, bus = watched(RecordingSink(), capacity=10, high_watermark=5)
+    async with coord:
+        await coord.submit_many(range(8))
+    await bus.flush()
+    last = recorder.events[-1]
+    assert (last.level, last.reason, last.coordinator_id) == (OK, "stopped", coord.coord_id)
+    assert [e.seq for e in recorder.events] == list(range(1, len(recorder.events) + 1))
+
+
+async def test_from_settings_uses_settings_and_overrides_win(tmp_path: Path) -> None:
+    """from_settings builds from CoordinatorRuntimeSettings; keyword overrides beat settings."""
+    settings = CoordinatorRuntimeSettings(
+        coord_id="from-settings",
+        capacity=100,
+        workers=3,
+        high_watermark=90,
+        low_watermark=10,
+        overflow_strategy="drop_oldest",
+        breaker_failure_threshold=9,
+        breaker_half_open_after_sec=7.5,
+        dlq_path=tmp_path / "settings-dlq.ndjson",
+    )
+    coord: WriteCoordinator[int] = WriteCoordinator.from_settings(
+        settings, sink=RecordingSink(), capacity=200, coord_id="override", bus=FeedbackBus()
+    )
+    q = coord.queue.stats()
+    assert (q.capacity, q.high_watermark, q.low_watermark) == (200, 90, 10)
+    assert coord.coord_id == "override"
+    breaker = coord.circuit_breaker
+    assert (breaker.failure_threshold, breaker.half_open_after_sec) == (9, 7.5)
+    async with coord:
+        assert coord.health().workers_alive == 3
+        for i in range(250):  # drop_oldest: never blocks, never raises
+            coord.queue.put_nowait(i)
+        assert coord.queue.stats().dropped == 50
+
+
+async def test_from_settings_reads_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """from_settings() without settings reads MDS_* variables."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MDS_CAPACITY", "123")
+    monkeypatch.setenv("MDS_COORD_ID", "from-env")
+    coord: WriteCoordinator[int] = WriteCoordinator.from_settings(
+        sink=RecordingSink(), bus=FeedbackBus()
+    )
+    assert (coord.queue.capacity, coord.coord_id) == (123, "from-env")
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"capacity": 0}, "capacity"),
+        ({"capacity": -5}, "capacity"),
+        ({"capacity": 2.5}, "capacity"),
+        ({"capacity": 10, "high_watermark": 6, "low_watermark": 6}, "low_watermark"),
+        ({"capacity": 10, "high_watermark": 6, "low_watermark": 9}, "low_watermark"),
+        ({"capacity": 10, "high_watermark": 11}, "high_watermark"),
+        ({"capacity": 10, "high_watermark": 0}, "high_watermark"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"flush_interval": 0}, "flush_interval"),
+        ({"flush_interval": -0.5}, "flush_interval"),
+        ({"workers": 0}, "workers"),
+        ({"workers": True}, "workers"),
+        ({"overflow_strategy": "sideways"}, "overflow_strategy"),
+        ({"sink": object()}, "sink"),
+        ({"sink": None}, "sink"),
+        ({"coord_id": ""}, "coord_id"),
+    ],
+)
+def test_invalid_argument_raises_config_error_naming_it(kwargs: dict[str, Any], name: str) -> None:
+    """Each invalid constructor argument raises ConfigError at construction, naming it."""
+    kwargs.setdefault("sink", RecordingSink())
+    with pytest.raises(ConfigError, match=name):
+        WriteCoordinator(bus=FeedbackBus(), **kwargs)
+
+
+# -- partial submits -----------------------------------------------------------------------
+
+
+async def test_submit_many_cut_short_by_stop_counts_what_was_queued(
+    tmp_path: Path, wait_until: WaitUntil
+) -> None:
+    """A submit_many blocked when stop() closes the queue still counts the prefix it queued."""
+    sink = HangingSink()
+    dlq = dlq_at(tmp_path)
+    coord = make(sink, workers=1, batch_size=4, capacity=4, dlq=dlq)
+    await coord.start()
+    producer = asyncio.create_task(coord.submit_many(range(20)))
+    await wait_until(lambda: sink.hung == 1 and coord.queue.size() == 4)
+    await coord.stop(timeout=0.05)
+    with pytest.raises(CoordinatorNotRunningError):
+        await producer
+    assert coord.stats().submitted == 8
+    await assert_conserved(coord, sink, dlq)
+
+
+async def test_cancelled_submit_many_counts_what_was_queued(
+    tmp_path: Path, wait_until: WaitUntil
+) -> None:
+    """Cancelling a blocked submit_many still counts the prefix it queued."""
+    sink = HangingSink()
+    dlq = dlq_at(tmp_path)
+    coord = make(sink, workers=1, batch_size=4, capacity=4, dlq=dlq)
+    await coord.start()
+    producer = asyncio.create_task(coord.submit_many(range(20)))
+    await wait_until(lambda: sink.hung == 1 and coord.queue.size() == 4)
+    producer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await producer
+    assert coord.stats().submitted == 8
+    await coord.stop(timeout=0.05)
+    await assert_conserved(coord, sink, dlq)
+
+
+# -- workers survive -----------------------------------------------------------------------
+
+
+class SyncWriteSink:
+    """A broken sink whose write is not a coroutine function."""
+
+    def write(self, batch: Sequence[Any]) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermanentSinkError("rejected"),
+        RetryableSinkError("locked"),
+        ValueError("bad row"),
+        RuntimeError("bug"),
+        ConnectionResetError("reset"),
+        TimeoutError("slow"),
+        asyncio.CancelledError(),  # raised by the sink itself, nobody cancelled the worker
+    ],
+    ids=lambda e: type(e).__name__,
+)
+async def test_no_worker_dies_of_a_sink_exception(
+    tmp_path: Path, error: BaseException, wait_until: WaitUntil
+) -> None:
+    """After sink errors every worker is still alive and later items are written."""
+    sink = ScriptedSink(error)
+    dlq = dlq_at(tmp_path)
+    coord = make(
+        sink,
+        workers=3,
+        batch_size=2,
+        dlq=dlq,
+        retry_policy=RetryPolicy(max_attempts=2, initial_backoff_ms=0),
+        circuit_breaker=CircuitBreaker(failure_threshold=1000),
+    )
+    async with coord:
+        await coord.submit_many(range(12))
+        await wait_until(lambda: coord.stats().dead_lettered == 12, what="all dead-lettered")
+        assert coord.health().workers_alive == 3
+        sink.failing = False
+        await coord.submit_many(range(12, 24))
+        await wait_until(lambda: len(sink.items) == 12, what="later items written")
+        assert coord.health().workers_alive == 3
+    await assert_conserved(coord, sink, dlq)
+
+
+async def test_a_sink_with_a_sync_write_does_not_kill_workers(
+    tmp_path: Path, wait_until: WaitUntil
+) -> None:
+    """A sink whose write() is not awaitable fails its batches; the workers live on."""
+    dlq = dlq_at(tmp_path)
+    coord = make(SyncWriteSink(), workers=2, batch_size=2, dlq=dlq)
+    async with coord:
+        await coord.submit_many(range(6))
+        await wait_until(lambda: coord.stats().dead_lettered == 6, what="all dead-lettered")
+        assert coord.health().workers_alive == 2
+
+
+# -- idle is idle --------------------------------------------------------------------------
+
+
+async def test_idle_coordinator_writes_a_later_item_within_two_flush_intervals(
+    wait_until: WaitUntil,
+) -> None:
+    """After 10 idle flush intervals, a new item is written within about 2 intervals."""
+    flush_interval = 0.05
+    sink = RecordingSink()
+    async with make(sink, workers=4, batch_size=100, flush_interval=flush_interval) as coord:
+        await asyncio.sleep(10 * flush_interval)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await coord.submit("late")
+        await wait_until(lambda: sink.items)
+        elapsed = loop.time() - started
+    assert elapsed <= 2 * flush_interval + 0.05, elapsed
+
+
+async def test_idle_coordinator_uses_almost_no_cpu() -> None:
+    """Four idle workers cost well under 5 % of a CPU (process time over ~1 s)."""
+    async with make(RecordingSink(), workers=4, flush_interval=0.01):
+        await asyncio.sleep(0.05)  # let the workers settle into their wait
+        cpu_started, wall_started = time.process_time(), time.perf_counter()
+        await asyncio.sleep(1.0)
+        cpu = time.process_time() - cpu_started
+        wall = time.perf_counter() - wall_started
+    assert cpu / wall < 0.05, f"{cpu / wall:.1%} CPU while idle"
+
+
+# -- bounded stop --------------------------------------------------------------------------
+
+
+async def test_stop_is_bounded_with_a_sink_that_never_returns(
+    tmp_path: Path, wait_until: WaitUntil
+) -> None:
+    """stop(timeout=T) returns within T + 0.5 s although the sink hangs; nothing is lost."""
+    sink = HangingSink()
+    dlq = dlq_at(tmp_path)
+    coord = make(sink, workers=2, batch_size=5, dlq=dlq)
+    await coord.start()
+    await coord.submit_many(range(20))
+    await wait_until(lambda: sink.hung == 2)
+    assert await timed_stop(coord, timeout=STOP_T) < STOP_T + STOP_SLACK
+    dead = await dlq_items(dlq)
+    assert sorted(item for item, _ in dead) == list(range(20))
+    assert {reason for _, reason in dead} == {"shutdown_timeout"}
+    await assert_conserved(coord, sink, dlq)
+
+
+async def test_stop_is_bounded_while_the_circuit_is_open(
+    tmp_path: Path, wait_until: WaitUntil
+) -> None:
+    """stop(timeout=T) returns at once with the circuit open; held batches go to the DLQ."""
+    sink = ScriptedSink(RetryableSinkError("down"))
+    dlq = dlq_at(tmp_path)
+    coord = make(
+        sink,
+        workers=2,
+        batch_size=5,
+        dlq=dlq,
+        retry_policy=RetryPolicy(max_attempts=100, initial_backoff_ms=0),
+        circuit_breaker=CircuitBreaker(failure_threshold=2, half_open_after_sec=60),
+    )
+    await coord.start()
+    await coord.submit_many(range(20))
+    await wait_until(lambda: coord.circuit_breaker.state == "open")
+    assert await timed_stop(coord, timeout=STOP_T) < STOP_T + STOP_SLACK
+    dead = await dlq_items(dlq)
+    assert sorted(item for item, _ in dead) == list(range(20))
+    assert {reason for _, reason in dead} <= {"circuit_open", "shutdown_timeout"}
+    assert "circuit_open" in {reason for _, reason in dead}
+    await assert_conserved(coord, sink, dlq)
+
+
+async def test_stop_is_bounded_with_an_always_failing_sink(
+    tmp_path: Path, wait_until: WaitUntil
+) -> None:
+    """stop(timeout=T) returns in time while workers keep retrying a failing sink."""
+    sink = ScriptedSink(RetryableSinkError("down"))
+    dlq = dlq_at(tmp_path)
+    coord = make(
+        sink,
+        workers=2,
+        batch_size=5,
+        dlq=dlq,
+        retry_policy=RetryPolicy(max_attempts=1000, initial_backoff_ms=20, max_backoff_ms=50),
+        circuit_breaker=CircuitBreaker(failure_threshold=10**6),
+    )
+    await coord.start()
+    await coord.submit_many(range(20))
+    await wait_until(lambda: sink.calls >= 4)
+    assert await timed_stop(coord, timeout=STOP_T) < STOP_T + STOP_SLACK
+    dead = await dlq_items(dlq)
+    assert sorted(item for item, _ in dead) == list(range(20))
+    assert {reason for _, reason in dead} == {"shutdown_timeout"}
+    await assert_conserved(coord, sink, dlq)
+
+
+async def test_dlq_save_cut_short_by_the_stop_deadline_is_not_duplicated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wait_until: WaitUntil
+) -> None:
+    """A batch whose DLQ save is still on disk at the stop deadline is saved exactly once."""
+    saving = threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:  # a slow disk
+        saving.set()
+        time.sleep(0.2)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    sink = ScriptedSink(PermanentSinkError("rejected"))
+    dlq = dlq_at(tmp_path)
+    coord = make(sink, workers=1, batch_size=5, dlq=dlq)
+    await coord.start()
+    await coord.submit_many(range(5))
+    await wait_until(saving.is_set)
+    await coord.stop(timeout=0.05)
+    assert sorted(item for item, _ in await dlq_items(dlq)) == [0, 1, 2, 3, 4]
+    await assert_conserved(coord, sink, dlq)
+
+
+# -- circuit breaker in the coordinator ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("items", "level_at_close"), [(10, HARD), (1, OK)])
+async def test_open_circuit_holds_the_batch_then_closes_with_the_queue_level(
+    tmp_path: Path, items: int, level_at_close: BackpressureLevel, wait_until: WaitUntil
+) -> None:
+    """While open: no sink calls, no DLQ, a HARD circuit_open event; closing re-emits the level."""
+    sink = ScriptedSink(RetryableSinkError("down"))
+    dlq = dlq_at(tmp_path)
+    coord, recorder, bus = watched(
+        sink,
+        workers=1,
+        batch_size=1,
+        capacity=10,
+        high_watermark=8,
+        low_watermark=5,
+        dlq=dlq,
+        retry_policy=RetryPolicy(max_attempts=100, initial_backoff_ms=0),
+        circuit_breaker=CircuitBreaker(failure_threshold=2, half_open_after_sec=0.3),
+    )
+    async with coord:
+        await coord.submit_many(range(items))
+        await wait_until(lambda: coord.circuit_breaker.state == "open", what="circuit open")
+        calls = sink.calls
+        await asyncio.sleep(0.1)  # a window well inside half_open_after_sec
+        assert sink.calls == calls == 2
+        assert coord.stats().dead_lettered == 0
+        assert coord.queue.size() == items - 1  # the worker still holds item 0
+        sink.failing = False
+        await wait_until(lambda: len(sink.items) == items, what="all written after closing")
+    await bus.flush()
+    reasons = recorder.reasons()
+    assert (HARD, "circuit_open") in reasons
+    closed = [e for e in recorder.events if e.reason == "circuit_closed"]
+    assert len(closed) == 1
+    assert (closed[0].level, closed[0].queue_size) == (level_at_close, items - 1)
+    assert reasons.index((HARD, "circuit_open")) < recorder.events.index(closed[0])
+    assert await dlq.replay() == []
+    await assert_conserved(coord, sink, dlq)
+
+
+async def test_waiting_workers_do_not_poll_while_a_probe_is_in_flight(
+    tmp_path: Path, wait_until: WaitUntil
+) -> None:
+    """While the half-open probe hangs, the other workers wait quietly: no busy polling."""
+    sink = ScriptedSink(RetryableSinkError("down"))
+    breaker = CountingBreaker(failure_threshold=1, half_open_after_sec=0.25)
+    coord = make(
+        sink,
+        workers=3,
+        batch_size=1,
+        dlq=dlq_at(tmp_path),
+        retry_policy=RetryPolicy(max_attempts=100, initial_backoff_ms=0),
+        circuit_breaker=breaker,
+    )
+    await coord.start()
+    await coord.submit_many(range(6))
+    await wait_until(lambda: breaker.state == "open", what="circuit open")
+    sink.hanging = True  # the probe will hang
+    await wait_until(lambda: sink.hung == 1, what="probe in flight")
+    asked = breaker.allow_calls
+    await asyncio.sleep(0.15)
+    assert breaker.allow_calls - asked <= 2
+    assert sink.hung == 1
+    await coord.stop(timeout=0.05)
