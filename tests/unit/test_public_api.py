@@ -1,0 +1,81 @@
+"""The public API: sorted, importable, complete ``__all__`` lists."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import market_data_store
+import market_data_store.coordinator as coordinator
+
+# DESIGN.md section 3 (public API) with the module section 2 places each name in.
+CONTRACT = {
+    "Sink": "types",
+    "BackpressureCallback": "types",
+    "QueueFullError": "types",
+    "BackpressureLevel": "feedback",
+    "FeedbackEvent": "feedback",
+    "FeedbackSubscriber": "feedback",
+    "FeedbackBus": "feedback",
+    "feedback_bus": "feedback",
+    "BoundedQueue": "queue",
+    "RetryPolicy": "policy",
+    "default_retry_classifier": "policy",
+    "CircuitBreaker": "policy",
+    "CircuitOpenError": "policy",
+    "DeadLetterQueue": "dlq",
+    "DLQRecord": "dlq",
+    "WriteCoordinator": "write_coordinator",
+    "CoordinatorHealth": "write_coordinator",
+    "CoordinatorRuntimeSettings": "settings",
+    "FeedbackSettings": "settings",
+    "HttpFeedbackBroadcaster": "http_broadcast",
+    "RateController": "rate_controller",
+}
+
+
+def test_all_is_sorted() -> None:
+    """coordinator.__all__ is sorted."""
+    assert coordinator.__all__ == sorted(coordinator.__all__)
+
+
+def test_all_has_no_duplicates() -> None:
+    """Each name appears in coordinator.__all__ once."""
+    assert len(set(coordinator.__all__)) == len(coordinator.__all__)
+
+
+@pytest.mark.parametrize("name", coordinator.__all__)
+def test_every_name_in_all_is_importable(name: str) -> None:
+    """`from market_data_store.coordinator import <name>` works for every name in __all__."""
+    namespace: dict[str, object] = {}
+    exec(f"from market_data_store.coordinator import {name}", namespace)
+    assert namespace[name] is getattr(coordinator, name)
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACT))
+def test_every_contract_name_is_in_all(name: str) -> None:
+    """Each coordinator name of DESIGN.md section 3 is exported by coordinator.__all__."""
+    assert name in coordinator.__all__
+
+
+@pytest.mark.parametrize(("name", "module"), sorted(CONTRACT.items()))
+def test_every_contract_name_lives_in_its_documented_module(name: str, module: str) -> None:
+    """Each contract name is importable from the module DESIGN.md section 2 places it in."""
+    mod = importlib.import_module(f"market_data_store.coordinator.{module}")
+    assert hasattr(mod, name)
+
+
+def test_package_all_is_sorted_and_importable() -> None:
+    """market_data_store.__all__ is sorted and each name resolves on the package."""
+    names = market_data_store.__all__
+    assert names == sorted(names)
+    assert all(hasattr(market_data_store, name) for name in names)
+
+
+@pytest.mark.parametrize("name", ["Bar", "PostgresBarsSink", "SqliteBarsSink", "WriteCoordinator"])
+def test_package_reexports_the_main_names(name: str) -> None:
+    """The sinks and the coordinator's main names are importable from market_data_store."""
+    assert name in market_data_store.__all__
+    if hasattr(coordinator, name):
+        assert getattr(market_data_store, name) is getattr(coordinator, name)
