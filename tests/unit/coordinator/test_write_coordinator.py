@@ -401,6 +401,42 @@ def test_invalid_argument_raises_config_error_naming_it(kwargs: dict[str, Any], 
         WriteCoordinator(bus=FeedbackBus(), **kwargs)
 
 
+# -- losses are counted --------------------------------------------------------------------
+
+
+async def test_without_a_dlq_failed_items_are_counted_as_dropped_and_logged(
+    wait_until: WaitUntil, log_messages: list[str]
+) -> None:
+    """With no DLQ configured, a batch that fails for good is counted by reason and logged."""
+    sink = ScriptedSink(PermanentSinkError("rejected"))
+    coord = make(sink, workers=1, batch_size=3)
+    async with coord:
+        await coord.submit_many(range(6))
+        await wait_until(lambda: coord.stats().dropped.get("permanent_error") == 6)
+    stats = coord.stats()
+    assert (stats.submitted, stats.written, stats.dead_lettered) == (6, 0, 0)
+    assert any("items lost" in m and "no DLQ" in m for m in log_messages)
+
+
+class BrokenDLQ(DeadLetterQueue[Any]):
+    async def save(self, items: Any, error: Any, metadata: Any = None) -> None:
+        raise OSError("disk full")
+
+
+async def test_a_failing_dlq_counts_the_items_as_dropped(
+    tmp_path: Path, wait_until: WaitUntil, log_messages: list[str]
+) -> None:
+    """If the DLQ itself fails, the items are counted as dropped (dlq_failed), not lost silently."""
+    sink = ScriptedSink(PermanentSinkError("rejected"))
+    coord = make(sink, workers=2, batch_size=2, dlq=BrokenDLQ(tmp_path / "dlq.ndjson"))
+    async with coord:
+        await coord.submit_many(range(6))
+        await wait_until(lambda: coord.stats().dropped.get("dlq_failed") == 6)
+        assert coord.health().workers_alive == 2
+    assert coord.stats().submitted == sum(coord.stats().dropped.values()) == 6
+    assert any("DLQ write failed" in m for m in log_messages)
+
+
 # -- partial submits -----------------------------------------------------------------------
 
 
