@@ -18,8 +18,11 @@ class SinkState(StrEnum):
 class SinkStateError(MarketDataStoreError, RuntimeError):
     """The sink is not in a state that allows the call: not opened yet, already open, or closed.
 
-    This is a programming error, not a database failure, so it is not a ``SinkError``.
+    This is a programming error, not a database failure, so it is not a ``SinkError``; it is
+    marked not retryable, so a coordinator dead-letters the batch at once instead of retrying.
     """
+
+    retryable = False
 
 
 class Lifecycle:

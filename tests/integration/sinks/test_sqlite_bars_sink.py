@@ -258,3 +258,11 @@ async def test_a_failed_open_leaves_the_sink_new(tmp_path: Path) -> None:
         await sink.open()
     assert sink.state is SinkState.NEW
     await sink.close()
+
+
+def test_writing_to_an_unopened_sink_is_not_retried() -> None:
+    """A SinkStateError is a programming error: the default classifier does not retry it."""
+    from market_data_store.coordinator import default_retry_classifier
+    from market_data_store.sinks import SinkStateError
+
+    assert default_retry_classifier(SinkStateError("sink is not open yet")) is False
