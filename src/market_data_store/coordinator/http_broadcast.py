@@ -18,11 +18,11 @@ import math
 import random
 import time
 import uuid
-from types import TracebackType
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Literal
 
 from loguru import logger
 
+from market_data_store._context import AsyncStartStop
 from market_data_store.coordinator import metrics
 from market_data_store.coordinator.feedback import FeedbackBus, FeedbackEvent, feedback_bus
 from market_data_store.coordinator.settings import (
@@ -93,7 +93,7 @@ def _classify_status(status: int) -> str:
     return "unexpected_status"
 
 
-class HttpFeedbackBroadcaster:
+class HttpFeedbackBroadcaster(AsyncStartStop):
     """Forwards feedback events to an HTTP endpoint, fire-and-forget, latest per coordinator.
 
     ``start()`` subscribes to the bus (``feedback_bus()`` unless ``bus`` is given) and
@@ -232,18 +232,6 @@ class HttpFeedbackBroadcaster:
             logger.debug("feedback webhook: {} events unsent at stop", len(self._outbox))
             self._outbox.clear()
         await self._close_client()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def __call__(self, event: FeedbackEvent) -> None:
         """File ``event`` for sending, replacing a waiting one of the same coordinator."""

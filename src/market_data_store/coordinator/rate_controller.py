@@ -28,8 +28,8 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from types import TracebackType
 
+from market_data_store._context import AsyncStartStop
 from market_data_store.coordinator.feedback import (
     BackpressureLevel,
     FeedbackBus,
@@ -76,7 +76,7 @@ def _check_number(
     return float(value)
 
 
-class RateController:
+class RateController(AsyncStartStop):
     """A feedback subscriber that paces a producer: ``await acquire(n)`` before submitting."""
 
     def __init__(
@@ -184,18 +184,6 @@ class RateController:
     async def stop(self) -> None:
         """Unsubscribe from the bus (idempotent); the current rates are kept."""
         self._bus.unsubscribe(self)
-
-    async def __aenter__(self) -> RateController:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def _cut(self, state: _CoordinatorState, factor: float) -> None:
         state.rate = max(self._min_rate, state.rate * factor)

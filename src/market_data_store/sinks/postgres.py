@@ -19,11 +19,11 @@ import asyncio
 import time
 from collections.abc import Sequence
 from operator import attrgetter
-from types import TracebackType
 from typing import Any
 
 from loguru import logger
 
+from market_data_store._context import AsyncOpenClose
 from market_data_store.coordinator.types import PermanentSinkError, RetryableSinkError, SinkError
 from market_data_store.sinks._lifecycle import Lifecycle, SinkState
 from market_data_store.sinks._metrics import SinkMetrics
@@ -125,7 +125,7 @@ async def _keep_session(connection: Any) -> None:
     """Pool reset hook: the sink leaves no session state behind, so skip the reset query."""
 
 
-class PostgresBarsSink:
+class PostgresBarsSink(AsyncOpenClose):
     """Writes ``Bar`` batches into the PostgreSQL database at ``dsn`` (table ``bars``).
 
     Use as ``async with PostgresBarsSink(dsn) as sink:``, or ``await open()`` / ``close()``.
@@ -209,18 +209,6 @@ class PostgresBarsSink:
             logger.warning("sink {}: connections still busy after close timeout", self.name)
             pool.terminate()
         logger.debug("sink {} closed", self.name)
-
-    async def __aenter__(self) -> PostgresBarsSink:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def write(self, batch: Sequence[Bar]) -> None:
         """Upsert ``batch`` (COPY, or COPY + merge on a key conflict); the batch is not modified.

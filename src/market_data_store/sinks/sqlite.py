@@ -22,11 +22,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from loguru import logger
 
+from market_data_store._context import AsyncOpenClose
 from market_data_store.coordinator.types import PermanentSinkError, RetryableSinkError, SinkError
 from market_data_store.sinks._lifecycle import Lifecycle, SinkState
 from market_data_store.sinks._metrics import SinkMetrics
@@ -111,7 +111,7 @@ def classify_sqlite_error(exc: sqlite3.Error) -> SinkError:
     return PermanentSinkError(f"SQLite rejected the batch: {type(exc).__name__}: {exc}")
 
 
-class SqliteBarsSink:
+class SqliteBarsSink(AsyncOpenClose):
     """Writes ``Bar`` batches into the SQLite database at ``path`` (table ``bars``).
 
     Use as ``async with SqliteBarsSink(path) as sink:``, or ``await open()`` / ``close()``.
@@ -174,18 +174,6 @@ class SqliteBarsSink:
         finally:
             executor.shutdown(wait=False)
         logger.debug("sink {} closed", self.name)
-
-    async def __aenter__(self) -> SqliteBarsSink:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def write(self, batch: Sequence[Bar]) -> None:
         """Upsert ``batch`` in one transaction; the batch is not modified.
