@@ -14,7 +14,8 @@ import argparse
 import asyncio
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from loguru import logger
 
@@ -38,7 +39,7 @@ class NoopSink:
         self.items += len(batch)
 
 
-async def baseline_asyncio_queue(n: int) -> None:
+async def baseline_asyncio_queue(n: int) -> float:
     q: asyncio.Queue[int | None] = asyncio.Queue(maxsize=CAPACITY)
 
     async def producer() -> None:
@@ -50,10 +51,12 @@ async def baseline_asyncio_queue(n: int) -> None:
         while await q.get() is not None:
             pass
 
+    started = time.perf_counter()
     await asyncio.gather(producer(), consumer())
+    return time.perf_counter() - started
 
 
-async def bounded_queue(n: int, bus: FeedbackBus | None = None) -> None:
+async def bounded_queue(n: int, bus: FeedbackBus | None = None) -> float:
     q: BoundedQueue[int | None] = BoundedQueue(CAPACITY, bus=bus or FeedbackBus())
 
     async def producer() -> None:
@@ -65,36 +68,48 @@ async def bounded_queue(n: int, bus: FeedbackBus | None = None) -> None:
         while await q.get() is not None:
             pass
 
+    started = time.perf_counter()
     await asyncio.gather(producer(), consumer())
+    return time.perf_counter() - started
 
 
-async def flapping_queue(n: int, bus: FeedbackBus) -> None:
+async def flapping_queue(n: int, bus: FeedbackBus) -> float:
     """Producer and consumer alternating around the watermarks: many level transitions."""
     q: BoundedQueue[int] = BoundedQueue(100, 80, 50, bus=bus)
+    started = time.perf_counter()
     for _ in range(n // 100):
         for i in range(100):
             await q.put(i)
         for _ in range(100):
             await q.get()
+    return time.perf_counter() - started
 
 
-async def coordinator_submit(n: int) -> None:
+async def coordinator_submit(n: int) -> float:
+    """From start() to the end of stop(): every item written."""
     sink = NoopSink()
     coord: WriteCoordinator[int] = WriteCoordinator(sink=sink, capacity=CAPACITY, bus=FeedbackBus())
+    started = time.perf_counter()
     async with coord:
         for i in range(n):
             await coord.submit(i)
+    elapsed = time.perf_counter() - started
     assert sink.items == n, (sink.items, n)
+    return elapsed
 
 
-async def coordinator_submit_many(n: int, chunk: int = 1000) -> None:
+async def coordinator_submit_many(n: int, chunk: int = 1000) -> float:
+    """From start() to the end of stop(), submitting lists of ``chunk`` items."""
     sink = NoopSink()
     coord: WriteCoordinator[int] = WriteCoordinator(sink=sink, capacity=CAPACITY, bus=FeedbackBus())
-    items = list(range(n))
+    chunks = [list(range(start, min(n, start + chunk))) for start in range(0, n, chunk)]
+    started = time.perf_counter()
     async with coord:
-        for start in range(0, n, chunk):
-            await coord.submit_many(items[start : start + chunk])
+        for items in chunks:
+            await coord.submit_many(items)
+    elapsed = time.perf_counter() - started
     assert sink.items == n, (sink.items, n)
+    return elapsed
 
 
 async def submits_crossing_watermarks(n: int, subscriber_sleep: float) -> float:
@@ -129,14 +144,9 @@ def slow_subscriber_cost(n: int, repeat: int) -> float:
     return statistics.median(ratios)
 
 
-def timed(fn: Callable[[], Awaitable[None]], repeat: int) -> float:
-    """Median seconds of ``repeat`` runs, each on a fresh event loop."""
-    samples = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        asyncio.run(fn())  # type: ignore[arg-type]
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+def timed(fn: Callable[[], Coroutine[Any, Any, float]], repeat: int) -> float:
+    """Median of the seconds ``fn`` measures (set-up excluded), each run on a fresh loop."""
+    return statistics.median(asyncio.run(fn()) for _ in range(repeat))
 
 
 def bus_with_subscribers(count: int) -> FeedbackBus:
