@@ -39,38 +39,31 @@ class NoopSink:
         self.items += len(batch)
 
 
+async def one_producer_one_consumer(
+    q: asyncio.Queue[int | None] | BoundedQueue[int | None], n: int
+) -> float:
+    """Seconds to move ``n`` items from one producer task to one consumer task."""
+
+    async def producer() -> None:
+        for i in range(n):
+            await q.put(i)
+        await q.put(None)
+
+    async def consumer() -> None:
+        while await q.get() is not None:
+            pass
+
+    started = time.perf_counter()
+    await asyncio.gather(producer(), consumer())
+    return time.perf_counter() - started
+
+
 async def baseline_asyncio_queue(n: int) -> float:
-    q: asyncio.Queue[int | None] = asyncio.Queue(maxsize=CAPACITY)
-
-    async def producer() -> None:
-        for i in range(n):
-            await q.put(i)
-        await q.put(None)
-
-    async def consumer() -> None:
-        while await q.get() is not None:
-            pass
-
-    started = time.perf_counter()
-    await asyncio.gather(producer(), consumer())
-    return time.perf_counter() - started
+    return await one_producer_one_consumer(asyncio.Queue(maxsize=CAPACITY), n)
 
 
-async def bounded_queue(n: int, bus: FeedbackBus | None = None) -> float:
-    q: BoundedQueue[int | None] = BoundedQueue(CAPACITY, bus=bus or FeedbackBus())
-
-    async def producer() -> None:
-        for i in range(n):
-            await q.put(i)
-        await q.put(None)
-
-    async def consumer() -> None:
-        while await q.get() is not None:
-            pass
-
-    started = time.perf_counter()
-    await asyncio.gather(producer(), consumer())
-    return time.perf_counter() - started
+async def bounded_queue(n: int) -> float:
+    return await one_producer_one_consumer(BoundedQueue(CAPACITY, bus=FeedbackBus()), n)
 
 
 async def flapping_queue(n: int, bus: FeedbackBus) -> float:

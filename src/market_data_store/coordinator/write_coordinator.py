@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Iterable, Mapping
-from types import TracebackType
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from loguru import logger
 
+from market_data_store._context import AsyncStartStop
 from market_data_store.coordinator import metrics
 from market_data_store.coordinator.dlq import DeadLetterQueue
 from market_data_store.coordinator.feedback import BackpressureLevel, FeedbackBus
@@ -67,7 +67,7 @@ class CoordinatorStats(NamedTuple):
     state: str
 
 
-class WriteCoordinator(Generic[T]):
+class WriteCoordinator(AsyncStartStop, Generic[T]):
     """Accepts items from producers and writes them to ``sink`` in batches, losing none.
 
     Lifecycle: new -> running (``start``) -> stopping -> stopped (``stop``); a stopped
@@ -325,18 +325,6 @@ class WriteCoordinator(Generic[T]):
                 self._queue.emit_feedback(BackpressureLevel.OK, "stopped")
                 metrics.retire(self)
             logger.info("coordinator {} stopped: {}", self._coord_id, self.stats())
-
-    async def __aenter__(self) -> WriteCoordinator[T]:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- producers -----------------------------------------------------------------------
 
