@@ -72,7 +72,6 @@ class SinkWorker(Generic[T]):
         self._dead_letter = dead_letter
         self._wait_for_breaker = wait_for_breaker
         self._coord_id = coord_id
-        self.abandoned: list[list[T]] = []  # batches held when the worker was cancelled
         self._holding: list[T] | None = None  # the batch this worker is responsible for
         self._batches = metrics.BATCHES_WRITTEN.labels(coord_id)
         self._items = metrics.ITEMS_WRITTEN.labels(coord_id)
@@ -85,17 +84,23 @@ class SinkWorker(Generic[T]):
             batch = await queue.get_batch(self._batch_size, self._flush_interval)
             if not batch:
                 return
-            self._holding = batch
+            self._holding = batch  # if cancelled, stays held for release_batch()
             try:
                 await self._write(batch)
-            except asyncio.CancelledError:
-                if self._holding is not None:  # not yet handed to the dead-letter path
-                    self.abandoned.append(self._holding)
-                raise
             except Exception as exc:  # a bug of ours must not kill the worker or lose the batch
                 logger.opt(exception=exc).error("worker {} failed on a batch", self.worker_id)
-                await self._give_up(batch, exc, self._metadata(0, "worker_error"))
+                if self._holding is batch:
+                    await self._give_up(batch, exc, self._metadata(0, "worker_error"))
             self._holding = None
+
+    def release_batch(self) -> list[T]:
+        """Hand over the batch this worker still holds (``stop()`` at its deadline).
+
+        The worker may still be stuck in a sink that ignores cancellation; if that write
+        ends later, the worker neither counts nor retries a batch it no longer holds.
+        """
+        batch, self._holding = self._holding, None
+        return batch or []
 
     async def _give_up(
         self, batch: list[T], error: BaseException | str, metadata: Mapping[str, Any]
@@ -133,6 +138,14 @@ class SinkWorker(Generic[T]):
                 exc = failure
             else:
                 breaker.record_success()
+                if self._holding is not batch:
+                    logger.warning(
+                        "worker {}: a write ended after the stop deadline had dead-lettered "
+                        "its batch of {}",
+                        self.worker_id,
+                        len(batch),
+                    )
+                    return
                 self._latency.observe(time.perf_counter() - started)
                 self._ledger.written += len(batch)
                 self._ledger.batches_written += 1
@@ -142,6 +155,8 @@ class SinkWorker(Generic[T]):
             breaker.record_failure()
             self._ledger.write_errors += 1
             metrics.WRITE_ERRORS.labels(self._coord_id, type(exc).__name__).inc()
+            if self._holding is not batch:  # released by stop(): no retry, no second save
+                return
             retryable = self._retry.classify_retryable(exc)
             if retryable and attempt < self._retry.max_attempts:
                 logger.debug(

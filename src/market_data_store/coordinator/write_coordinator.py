@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -129,7 +130,9 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         self._tasks: list[asyncio.Task[None]] = []
         self._breaker_waiters: set[asyncio.Future[None]] = set()
         self._saving: set[asyncio.Task[None]] = set()  # workers' DLQ saves under way
-        self._stop_lock: asyncio.Lock | None = None
+        self._stopping: asyncio.Task[None] | None = None  # the shutdown, shared by stop() calls
+        self._stop_deadline = math.inf  # loop time; the earliest any stop() caller asked for
+        self._deadline_moved: asyncio.Future[None] | None = None
         self._breaker.on_change = self._on_circuit_change
 
     @classmethod
@@ -276,55 +279,74 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         With ``drain`` the workers write what is queued; without it, queued items go to the
         DLQ (reason ``not_drained``). Whatever is still queued or in flight at the deadline
         goes to the DLQ with reason ``shutdown_timeout``. Ends with an OK event (``stopped``).
+        Concurrent calls share one shutdown (the first call's ``drain`` applies) that ends
+        by the earliest deadline; cancelling a caller does not cut the shutdown short.
         """
         check_range("timeout", timeout, lo=0)
-        if self._stop_lock is None:
-            self._stop_lock = asyncio.Lock()
-        async with self._stop_lock:
-            if self._state is _State.STOPPED:
-                return
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
+        if self._state is _State.STOPPED:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if deadline < self._stop_deadline:
+            self._stop_deadline = deadline
+            if self._deadline_moved is not None:
+                _resolve(self._deadline_moved)
+        if self._stopping is None:
             was_running = self._state is _State.RUNNING
             self._state = _State.STOPPING
             self._queue.close()
             self._wake_breaker_waiters()
-            if not drain:
-                await self._dead_letter(
-                    self._queue.drain_nowait(),
-                    "not drained at stop",
-                    self._shutdown_metadata("not_drained"),
-                )
-            if self._tasks:
-                _, pending = await asyncio.wait(
-                    self._tasks, timeout=max(0.0, deadline - loop.time())
-                )
-                if pending:
-                    for task in pending:
-                        task.cancel()
-                    await asyncio.wait(pending, timeout=_CANCEL_GRACE_SEC)
-            if self._saving:  # batches cancelled workers had already handed to the DLQ
-                await asyncio.wait(set(self._saving))
-            leftovers: list[T] = [item for w in self._workers for b in w.abandoned for item in b]
-            for worker in self._workers:
-                worker.abandoned.clear()
-            leftovers.extend(self._queue.drain_nowait())
-            if leftovers:
-                logger.warning(
-                    "coordinator {}: {} items not written by the stop deadline",
-                    self._coord_id,
-                    len(leftovers),
-                )
-                await self._dead_letter(
-                    leftovers,
-                    "not written before the stop deadline",
-                    self._shutdown_metadata("shutdown_timeout"),
-                )
-            self._state = _State.STOPPED
-            if was_running:
-                self._queue.emit_feedback(BackpressureLevel.OK, "stopped")
-                metrics.retire(self)
-            logger.info("coordinator {} stopped: {}", self._coord_id, self.stats())
+            self._stopping = loop.create_task(
+                self._shut_down(drain, was_running), name=f"mds-stop:{self._coord_id}"
+            )
+        await asyncio.shield(self._stopping)
+
+    async def _shut_down(self, drain: bool, was_running: bool) -> None:
+        if not drain:
+            await self._dead_letter(
+                self._queue.drain_nowait(),
+                "not drained at stop",
+                self._shutdown_metadata("not_drained"),
+            )
+        await self._wait_for_workers()
+        if self._saving:  # batches cancelled workers had already handed to the DLQ
+            await asyncio.wait(set(self._saving))
+        leftovers: list[T] = [item for w in self._workers for item in w.release_batch()]
+        leftovers.extend(self._queue.drain_nowait())
+        if leftovers:
+            logger.warning(
+                "coordinator {}: {} items not written by the stop deadline",
+                self._coord_id,
+                len(leftovers),
+            )
+            await self._dead_letter(
+                leftovers,
+                "not written before the stop deadline",
+                self._shutdown_metadata("shutdown_timeout"),
+            )
+        self._state = _State.STOPPED
+        if was_running:
+            self._queue.emit_feedback(BackpressureLevel.OK, "stopped")
+            metrics.retire(self)
+        logger.info("coordinator {} stopped: {}", self._coord_id, self.stats())
+
+    async def _wait_for_workers(self) -> None:
+        """Wait for the workers until the stop deadline (which a later stop() may bring
+        forward), then cancel those still running and give them a short grace."""
+        loop = asyncio.get_running_loop()
+        pending = [task for task in self._tasks if not task.done()]
+        while pending and (remaining := self._stop_deadline - loop.time()) > 0:
+            moved = self._deadline_moved = loop.create_future()
+            await asyncio.wait(
+                [*pending, moved], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            moved.cancel()
+            pending = [task for task in pending if not task.done()]
+        self._deadline_moved = None
+        if pending:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=_CANCEL_GRACE_SEC)
 
     # -- producers -----------------------------------------------------------------------
 

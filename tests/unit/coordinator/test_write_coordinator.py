@@ -85,6 +85,29 @@ class HangingSink(ScriptedSink):
         self.hanging = True
 
 
+class StubbornSink(RecordingSink):
+    """Swallows cancellation and keeps hanging until ``release`` is set, then writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.hung = 0
+
+    async def write(self, batch: Sequence[Any]) -> None:
+        self.hung += 1
+        try:
+            while not self.release.is_set():
+                try:
+                    await self.release.wait()
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    assert task is not None
+                    task.uncancel()
+        finally:
+            self.hung -= 1
+        await super().write(batch)
+
+
 class GatedSink(RecordingSink):
     """Holds every write until ``gate`` is set."""
 
@@ -631,6 +654,68 @@ async def test_stop_is_bounded_with_an_always_failing_sink(
     dead = await dlq_items(dlq)
     assert sorted(item for item, _ in dead) == list(range(20))
     assert {reason for _, reason in dead} == {"shutdown_timeout"}
+    await assert_conserved(coord, sink, dlq)
+
+
+async def test_stop_dead_letters_the_batch_of_a_sink_that_ignores_cancellation(
+    tmp_path: Path, wait_until: WaitUntil
+) -> None:
+    """A batch stuck in a sink that swallows cancellation is dead-lettered once, not lost."""
+    sink = StubbornSink()
+    dlq = dlq_at(tmp_path)
+    coord = make(sink, workers=1, batch_size=5, dlq=dlq)
+    await coord.start()
+    await coord.submit_many(range(10))
+    await wait_until(lambda: sink.hung == 1)
+    try:
+        assert await timed_stop(coord, timeout=STOP_T) < STOP_T + STOP_SLACK
+        dead = await dlq_items(dlq)
+        assert sorted(item for item, _ in dead) == list(range(10))
+        assert coord.stats().dead_lettered == 10
+    finally:
+        sink.release.set()  # the write finishes late: it must not be counted a second time
+    await wait_until(lambda: coord.health().workers_alive == 0, what="worker finished")
+    assert coord.stats().written == 0
+    assert coord.stats().dead_lettered == coord.stats().submitted == 10
+
+
+async def test_a_second_stop_keeps_its_own_shorter_timeout(
+    tmp_path: Path, wait_until: WaitUntil
+) -> None:
+    """stop(timeout=T) returns within T + 0.5 s even while an earlier stop has a longer one."""
+    sink = HangingSink()
+    dlq = dlq_at(tmp_path)
+    coord = make(sink, workers=1, batch_size=5, dlq=dlq)
+    await coord.start()
+    await coord.submit_many(range(10))
+    await wait_until(lambda: sink.hung == 1)
+    first = asyncio.create_task(coord.stop(timeout=30))
+    await wait_until(lambda: coord.state == "stopping")
+    assert await timed_stop(coord, timeout=STOP_T) < STOP_T + STOP_SLACK
+    assert coord.state == "stopped"
+    async with asyncio.timeout(DEADLINE):
+        await first
+    await assert_conserved(coord, sink, dlq)
+
+
+async def test_a_cancelled_stop_still_completes_the_shutdown(
+    tmp_path: Path, wait_until: WaitUntil
+) -> None:
+    """Cancelling a stop() caller does not cut the shutdown short: it still ends with "stopped"."""
+    sink = HangingSink()
+    dlq = dlq_at(tmp_path)
+    coord, recorder, bus = watched(sink, workers=1, batch_size=5, dlq=dlq)
+    await coord.start()
+    await coord.submit_many(range(10))
+    await wait_until(lambda: sink.hung == 1)
+    caller = asyncio.create_task(coord.stop(timeout=STOP_T))
+    await wait_until(lambda: coord.state == "stopping")
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await coord.stop(timeout=STOP_T)
+    await bus.flush()
+    assert (recorder.events[-1].level, recorder.events[-1].reason) == (OK, "stopped")
     await assert_conserved(coord, sink, dlq)
 
 
