@@ -9,7 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from market_data_store.coordinator.types import CircuitOpenError, SinkError, check_range
+from market_data_store.coordinator.types import (
+    CircuitOpenError,
+    ConfigError,
+    SinkError,
+    check_range,
+)
 
 __all__ = [
     "CircuitBreaker",
@@ -58,7 +63,11 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         check_range("max_attempts", self.max_attempts, lo=1)
         check_range("initial_backoff_ms", self.initial_backoff_ms, lo=0)
-        check_range("max_backoff_ms", self.max_backoff_ms, lo=self.initial_backoff_ms)
+        if self.max_backoff_ms < self.initial_backoff_ms:  # name both: either may be the bad one
+            raise ConfigError(
+                f"max_backoff_ms must satisfy initial_backoff_ms ({self.initial_backoff_ms}) "
+                f"<= max_backoff_ms, got {self.max_backoff_ms!r}"
+            )
         check_range("backoff_multiplier", self.backoff_multiplier, lo=1.0)
 
     def backoff_seconds(self, attempt: int) -> float:

@@ -71,6 +71,7 @@ def test_backoff_for_a_very_late_attempt_is_the_cap() -> None:
         ({"max_attempts": 0}, "max_attempts"),
         ({"initial_backoff_ms": -1}, "initial_backoff_ms"),
         ({"initial_backoff_ms": 100, "max_backoff_ms": 50}, "max_backoff_ms"),
+        ({"initial_backoff_ms": 5000}, "initial_backoff_ms"),  # above the default cap
         ({"backoff_multiplier": 0.5}, "backoff_multiplier"),
     ],
 )
