@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 from loguru import logger
 
+from market_data_store.testing.waits import wait_until as _shared_wait_until
+
 WaitUntil = Callable[..., Awaitable[None]]
-
-
-async def _wait_until(
-    predicate: Callable[[], object], timeout: float = 2.0, what: str = "condition"
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() >= deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.001)
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +18,7 @@ def wait_until() -> WaitUntil:
 
     Session-scoped so hypothesis tests may use it too.
     """
-    return _wait_until
+    return _shared_wait_until
 
 
 @pytest.fixture

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from market_data_store.sinks import Bar
+from market_data_store.testing.waits import wait_until  # noqa: F401 (re-exported)
 
 T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 
@@ -41,14 +39,3 @@ def invalid_bar(**changes: object) -> Bar:
     values = dict(make_bars(1, offset=10_000)[0].__dict__)
     values.update(changes)
     return Bar.model_construct(**values)
-
-
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, interval: float = 0.01
-) -> None:
-    """Poll ``condition`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)

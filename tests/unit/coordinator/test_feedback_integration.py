@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from market_data_store.coordinator import (
     BackpressureLevel,
@@ -11,6 +11,7 @@ from market_data_store.coordinator import (
     FeedbackEvent,
     WriteCoordinator,
 )
+from market_data_store.testing.waits import wait_until
 
 OK, SOFT, HARD = BackpressureLevel.OK, BackpressureLevel.SOFT, BackpressureLevel.HARD
 
@@ -42,14 +43,6 @@ class Recorder:
             for e in self.events
             if coordinator_id is None or e.coordinator_id == coordinator_id
         ]
-
-
-async def wait_until(condition: Callable[[], bool], within: float = 2.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        assert loop.time() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.005)
 
 
 def coordinator(sink: GatedSink, bus: FeedbackBus, coord_id: str = "c1") -> WriteCoordinator[int]:

@@ -23,6 +23,7 @@ from market_data_store.coordinator.feedback import BackpressureLevel, FeedbackBu
 from market_data_store.coordinator.http_broadcast import HttpFeedbackBroadcaster, backoff_delay
 from market_data_store.coordinator.settings import FeedbackSettings
 from market_data_store.coordinator.types import ConfigError
+from market_data_store.testing.waits import wait_until
 
 URL = "http://hooks.test/feedback"
 SECRET = "whsec_" + base64.b64encode(b"feedback-test-secret-32-bytes!!!").decode()
@@ -40,15 +41,6 @@ def sends(outcome: str) -> float:
 def dropped(reason: str) -> float:
     value = REGISTRY.get_sample_value("mds_feedback_webhook_dropped_total", {"reason": reason})
     return value or 0.0
-
-
-async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.01)
 
 
 def broadcaster(bus: FeedbackBus, **kwargs: Any) -> HttpFeedbackBroadcaster:
@@ -172,9 +164,9 @@ async def test_attempt_slower_than_timeout_is_cut_off(
     timeouts, successes = sends("timeout"), sends("success")
     async with broadcaster(bus, timeout=0.05, max_retries=0):
         await bus.publish(make_event("a"))
-        await wait_until(lambda: sends("timeout") == timeouts + 1, within=2.0)
+        await wait_until(lambda: sends("timeout") == timeouts + 1, timeout=2.0)
         await bus.publish(make_event("b"))
-        await wait_until(lambda: sends("success") == successes + 1, within=2.0)
+        await wait_until(lambda: sends("success") == successes + 1, timeout=2.0)
     sent = [json.loads(r.content)["coordinator_id"] for r in httpx_mock.get_requests()]
     assert sent == ["a", "b"]
 
