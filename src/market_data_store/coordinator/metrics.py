@@ -8,7 +8,7 @@ a labelled child or a lock. Per-batch figures use ordinary counters, updated onc
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -50,32 +50,37 @@ DLQ_RECORDS = Counter(
 )
 DLQ_ITEMS = Counter("mds_dlq_items", "Items written to the dead-letter queue", ["coordinator_id"])
 
-_feedback_children: dict[tuple[str, str], Any] = {}
 
+class StatsSnapshot(Protocol):
+    """The part of ``WriteCoordinator.stats()`` the collector exports."""
 
-def count_feedback_event(coordinator_id: str, level: str) -> None:
-    """Increment ``mds_feedback_events_total`` through a cached child."""
-    child = _feedback_children.get((coordinator_id, level))
-    if child is None:
-        child = _feedback_children[(coordinator_id, level)] = FEEDBACK_EVENTS.labels(
-            coordinator_id=coordinator_id, level=level
-        )
-    child.inc()
+    @property
+    def submitted(self) -> int: ...
+    @property
+    def dropped(self) -> dict[str, int]: ...
+    @property
+    def queue_size(self) -> int: ...
+    @property
+    def workers_alive(self) -> int: ...
+    @property
+    def circuit_state(self) -> str: ...
 
 
 class StatsSource(Protocol):
-    """What the collector reads: a coordinator id and a stats snapshot."""
+    """What the collector reads: a coordinator id and its stats snapshot."""
 
     @property
     def coord_id(self) -> str: ...
 
-    def metric_values(self) -> Mapping[str, Any]: ...
+    def stats(self) -> StatsSnapshot: ...
 
-
-_live: weakref.WeakSet[Any] = weakref.WeakSet()
-_retired: dict[tuple[str, str], float] = {}
 
 CIRCUIT_STATE_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+
+_live: weakref.WeakSet[Any] = weakref.WeakSet()
+# Final counts of stopped coordinators, so the exported counters never go backwards.
+_retired_submitted: dict[str, float] = {}
+_retired_dropped: dict[tuple[str, str], float] = {}
 
 
 def track(source: StatsSource) -> None:
@@ -84,17 +89,21 @@ def track(source: StatsSource) -> None:
 
 
 def retire(source: StatsSource) -> None:
-    """Fold ``source``'s final counts into the retired totals (keeps counters monotonic)."""
+    """Fold ``source``'s final counts into the retired totals."""
     if source in _live:
         _live.discard(source)
-        values = source.metric_values()
-        _retired_add(source.coord_id, "submitted", values["submitted"])
-        for reason, n in values["dropped"].items():
-            _retired_add(source.coord_id, f"dropped:{reason}", n)
+        _add_counts(source.coord_id, source.stats(), _retired_submitted, _retired_dropped)
 
 
-def _retired_add(coord_id: str, key: str, n: float) -> None:
-    _retired[(coord_id, key)] = _retired.get((coord_id, key), 0.0) + n
+def _add_counts(
+    coord_id: str,
+    stats: StatsSnapshot,
+    submitted: dict[str, float],
+    dropped: dict[tuple[str, str], float],
+) -> None:
+    submitted[coord_id] = submitted.get(coord_id, 0.0) + stats.submitted
+    for reason, n in stats.dropped.items():
+        dropped[(coord_id, reason)] = dropped.get((coord_id, reason), 0.0) + n
 
 
 class _CoordinatorCollector(Collector):
@@ -114,23 +123,14 @@ class _CoordinatorCollector(Collector):
             "Circuit breaker: 0 closed, 1 half-open, 2 open",
             labels=["coordinator_id"],
         )
-        sub_totals: dict[str, float] = {}
-        drop_totals: dict[tuple[str, str], float] = {}
-        for (coord_id, key), n in _retired.items():
-            if key == "submitted":
-                sub_totals[coord_id] = sub_totals.get(coord_id, 0.0) + n
-            else:
-                reason = key.split(":", 1)[1]
-                drop_totals[(coord_id, reason)] = drop_totals.get((coord_id, reason), 0.0) + n
+        sub_totals = dict(_retired_submitted)
+        drop_totals = dict(_retired_dropped)
         for source in list(_live):
-            values = source.metric_values()
-            cid = source.coord_id
-            sub_totals[cid] = sub_totals.get(cid, 0.0) + values["submitted"]
-            for reason, n in values["dropped"].items():
-                drop_totals[(cid, reason)] = drop_totals.get((cid, reason), 0.0) + n
-            depth.add_metric([cid], values["queue_size"])
-            alive.add_metric([cid], values["workers_alive"])
-            circuit.add_metric([cid], CIRCUIT_STATE_VALUES[values["circuit_state"]])
+            stats, cid = source.stats(), source.coord_id
+            _add_counts(cid, stats, sub_totals, drop_totals)
+            depth.add_metric([cid], stats.queue_size)
+            alive.add_metric([cid], stats.workers_alive)
+            circuit.add_metric([cid], CIRCUIT_STATE_VALUES[stats.circuit_state])
         for cid, n in sub_totals.items():
             submitted.add_metric([cid], n)
         for (cid, reason), n in drop_totals.items():
@@ -152,3 +152,11 @@ def cached_child(metric: Any, cache: dict[tuple[str, ...], Any]) -> Callable[...
         return found
 
     return child
+
+
+_feedback_event_child = cached_child(FEEDBACK_EVENTS, {})
+
+
+def count_feedback_event(coordinator_id: str, level: str) -> None:
+    """Increment ``mds_feedback_events_total`` through a cached child."""
+    _feedback_event_child(coordinator_id, level).inc()

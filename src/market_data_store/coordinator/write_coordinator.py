@@ -225,17 +225,6 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
             self._state.value,
         )
 
-    def metric_values(self) -> Mapping[str, Any]:
-        """The figures the Prometheus collector exports."""
-        stats = self.stats()
-        return {
-            "submitted": stats.submitted,
-            "dropped": stats.dropped,
-            "queue_size": stats.queue_size,
-            "workers_alive": stats.workers_alive,
-            "circuit_state": stats.circuit_state,
-        }
-
     def _workers_alive(self) -> int:
         return sum(1 for task in self._tasks if not task.done())
 
