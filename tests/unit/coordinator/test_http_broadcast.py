@@ -528,3 +528,9 @@ print("httpx" in sys.modules)
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_default_timeout_is_two_seconds_and_three_retries() -> None:
+    """Built without options, the broadcaster gives each POST 2 s and retries 3 times."""
+    built = HttpFeedbackBroadcaster(URL, bus=FeedbackBus())
+    assert (built.timeout, built.max_retries) == (2.0, 3)
