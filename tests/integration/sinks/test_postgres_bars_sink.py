@@ -7,11 +7,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 from sink_helpers import invalid_bar, make_bars, wait_until
 
 from market_data_store.coordinator.types import PermanentSinkError, RetryableSinkError, Sink
-from market_data_store.sinks import Bar, PostgresBarsSink, SinkState, SinkStateError
+from market_data_store.sinks import Bar, PostgresBarsSink, SinkState
 from market_data_store.testing.postgres import PostgresServer
 
 pytestmark = pytest.mark.postgres
@@ -45,10 +44,6 @@ async def stored(conn: Any, *, with_xmin: bool = False) -> list[tuple[Any, ...]]
 def as_bars(rows: list[tuple[Any, ...]]) -> set[Bar]:
     fields = ("vendor", "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume")
     return {Bar(**dict(zip(fields, row[:9], strict=True))) for row in rows}
-
-
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def test_open_creates_a_plain_table_without_timescaledb(
@@ -116,14 +111,6 @@ async def test_a_key_twice_in_one_batch_keeps_the_last(sink: PostgresBarsSink, r
     assert as_bars(await stored(reader)) == {later}
 
 
-async def test_the_batch_is_not_modified(sink: PostgresBarsSink) -> None:
-    """write() leaves the list it was given as it was, including on the merge path."""
-    bars = make_bars(10)
-    batch = [*bars, bars[0]]
-    await sink.write(batch)
-    assert batch == [*bars, bars[0]]
-
-
 async def test_dicts_from_a_dead_letter_replay_are_accepted(
     sink: PostgresBarsSink, reader: Any
 ) -> None:
@@ -167,12 +154,6 @@ async def test_an_invalid_bar_on_the_merge_path_fails_for_good(
     with pytest.raises(PermanentSinkError):
         await sink.write([*bars, *make_bars(5, offset=10), invalid_bar(low=1e9)])
     assert await stored(reader) == before
-
-
-async def test_concurrent_writes_all_land(sink: PostgresBarsSink) -> None:
-    """Batches written concurrently (more than the pool holds) are all stored."""
-    await asyncio.gather(*(sink.write(make_bars(100, offset=i * 100)) for i in range(8)))
-    assert await sink.count() == 800
 
 
 async def test_a_server_restart_is_retryable_and_the_pool_recovers(
@@ -219,39 +200,6 @@ async def test_an_unreachable_server_is_retryable(pg_server: PostgresServer, pg_
             await asyncio.to_thread(pg_server.start)
         await sink.write(make_bars(3))
         assert await sink.count() == 3
-
-
-async def test_metrics_count_rows_latency_and_errors(sink: PostgresBarsSink) -> None:
-    """Rows written, write latency and permanent errors are exported labelled by sink."""
-    rows = sample("mds_sink_rows_written_total", sink="pg-test")
-    batches = sample("mds_sink_write_latency_seconds_count", sink="pg-test")
-    errors = sample("mds_sink_write_errors_total", sink="pg-test", kind="permanent")
-    await sink.write(make_bars(7))
-    with pytest.raises(PermanentSinkError):
-        await sink.write([invalid_bar(low=1e9)])
-    assert sample("mds_sink_rows_written_total", sink="pg-test") == rows + 7
-    assert sample("mds_sink_write_latency_seconds_count", sink="pg-test") == batches + 1
-    errors_after = sample("mds_sink_write_errors_total", sink="pg-test", kind="permanent")
-    assert errors_after == errors + 1
-
-
-async def test_lifecycle_new_open_closed(pg_dsn: str) -> None:
-    """A sink refuses work before open and after close, opens once, and closes idempotently."""
-    sink = PostgresBarsSink(pg_dsn)
-    assert sink.state is SinkState.NEW
-    with pytest.raises(SinkStateError, match="not open yet"):
-        await sink.write(make_bars(1))
-    await sink.open()
-    with pytest.raises(SinkStateError, match="already open"):
-        await sink.open()
-    await sink.write(make_bars(2))
-    await sink.close()
-    await sink.close()
-    assert sink.state is SinkState.CLOSED
-    with pytest.raises(SinkStateError, match="closed"):
-        await sink.count()
-    with pytest.raises(SinkStateError, match="cannot be reopened"):
-        await sink.open()
 
 
 async def test_rows_survive_a_new_sink(pg_dsn: str) -> None:

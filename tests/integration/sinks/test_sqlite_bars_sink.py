@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 from sink_helpers import invalid_bar, make_bars
 
+from market_data_store.coordinator import default_retry_classifier
 from market_data_store.coordinator.types import PermanentSinkError, RetryableSinkError, Sink
 from market_data_store.sinks import Bar, SinkState, SinkStateError, SqliteBarsSink
 from market_data_store.sinks.sqlite import ts_from_epoch_us
@@ -55,10 +55,6 @@ def as_bar(row: tuple[Any, ...]) -> Bar:
         close=c,
         volume=volume,
     )
-
-
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def test_open_creates_the_table_in_wal_mode(
@@ -107,14 +103,6 @@ async def test_a_corrected_bar_replaces_the_stored_one(
     corrected = bar.model_copy(update={"close": bar.high, "volume": 5.0})
     await sink.write([corrected, bar.model_copy(update={"volume": 6.0})])
     assert [as_bar(row) for row in stored(reader)] == [bar.model_copy(update={"volume": 6.0})]
-
-
-async def test_the_batch_is_not_modified(sink: SqliteBarsSink) -> None:
-    """write() leaves the list it was given as it was."""
-    bars = make_bars(10)
-    batch = list(bars)
-    await sink.write(batch)
-    assert batch == bars
 
 
 async def test_dicts_from_a_dead_letter_replay_are_accepted(
@@ -182,47 +170,6 @@ async def test_database_work_does_not_block_the_event_loop(
         assert await sink.count() == 5
 
 
-async def test_concurrent_writes_all_land(sink: SqliteBarsSink) -> None:
-    """Batches written concurrently from several tasks are all stored."""
-    await asyncio.gather(*(sink.write(make_bars(100, offset=i * 100)) for i in range(8)))
-    assert await sink.count() == 800
-
-
-async def test_metrics_count_rows_latency_and_errors(sink: SqliteBarsSink) -> None:
-    """Rows written, write latency and permanent errors are exported labelled by sink."""
-    rows = sample("mds_sink_rows_written_total", sink="sqlite-test")
-    batches = sample("mds_sink_write_latency_seconds_count", sink="sqlite-test")
-    errors = sample("mds_sink_write_errors_total", sink="sqlite-test", kind="permanent")
-    await sink.write(make_bars(7))
-    with pytest.raises(PermanentSinkError):
-        await sink.write(["junk"])  # type: ignore[list-item]
-    assert sample("mds_sink_rows_written_total", sink="sqlite-test") == rows + 7
-    assert sample("mds_sink_write_latency_seconds_count", sink="sqlite-test") == batches + 1
-    errors_after = sample("mds_sink_write_errors_total", sink="sqlite-test", kind="permanent")
-    assert errors_after == errors + 1
-
-
-async def test_lifecycle_new_open_closed(db_path: Path) -> None:
-    """A sink refuses work before open and after close, opens once, and closes idempotently."""
-    sink = SqliteBarsSink(db_path)
-    assert sink.state is SinkState.NEW
-    with pytest.raises(SinkStateError, match="not open yet"):
-        await sink.write(make_bars(1))
-    with pytest.raises(SinkStateError, match="not open yet"):
-        await sink.count()
-    await sink.open()
-    assert sink.state is SinkState.OPEN
-    with pytest.raises(SinkStateError, match="already open"):
-        await sink.open()
-    await sink.close()
-    await sink.close()
-    assert sink.state is SinkState.CLOSED
-    with pytest.raises(SinkStateError, match="closed"):
-        await sink.write(make_bars(1))
-    with pytest.raises(SinkStateError, match="cannot be reopened"):
-        await sink.open()
-
-
 async def test_close_waits_for_writes_in_flight(db_path: Path) -> None:
     """close() lets a write already started finish; its rows are stored."""
     sink = SqliteBarsSink(db_path)
@@ -262,7 +209,5 @@ async def test_a_failed_open_leaves_the_sink_new(tmp_path: Path) -> None:
 
 def test_writing_to_an_unopened_sink_is_not_retried() -> None:
     """A SinkStateError is a programming error: the default classifier does not retry it."""
-    from market_data_store.coordinator import default_retry_classifier
-    from market_data_store.sinks import SinkStateError
 
     assert default_retry_classifier(SinkStateError("sink is not open yet")) is False
