@@ -50,3 +50,10 @@ class Lifecycle:
                 f"{self._label} is not open yet: use 'async with' or await open() first"
             )
         raise SinkStateError(f"{self._label} is closed")
+
+    def begin_close(self) -> bool:
+        """Mark the sink closed; False if it already was (so close() is idempotent)."""
+        if self.state is SinkState.CLOSED:
+            return False
+        self.state = SinkState.CLOSED
+        return True

@@ -197,9 +197,8 @@ class PostgresBarsSink(AsyncOpenClose):
 
     async def close(self) -> None:
         """Wait for writes in flight, then close the pool. Idempotent."""
-        if self._lifecycle.state is SinkState.CLOSED:
+        if not self._lifecycle.begin_close():
             return
-        self._lifecycle.state = SinkState.CLOSED
         pool, self._pool = self._pool, None
         if pool is None:
             return

@@ -162,9 +162,8 @@ class SqliteBarsSink(AsyncOpenClose):
 
     async def close(self) -> None:
         """Finish queued writes, close the connection and stop the thread. Idempotent."""
-        if self._lifecycle.state is SinkState.CLOSED:
+        if not self._lifecycle.begin_close():
             return
-        self._lifecycle.state = SinkState.CLOSED
         executor, self._executor = self._executor, None
         if executor is None:
             return
