@@ -23,7 +23,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from market_data_store.coordinator.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
+from market_data_store.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
 
 BUDGET_US = 5.0
 SUBSCRIBER_COUNTS = (0, 1, 10)

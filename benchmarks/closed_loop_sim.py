@@ -28,10 +28,10 @@ from typing import Any
 
 from loguru import logger
 
-from market_data_store.coordinator.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
-from market_data_store.coordinator.rate_controller import RateController
 from market_data_store.coordinator.types import OverflowStrategy
 from market_data_store.coordinator.write_coordinator import WriteCoordinator
+from market_data_store.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
+from market_data_store.feedback.rate_controller import RateController
 
 CHUNK = 100  # items per submit_many() call
 

@@ -41,8 +41,8 @@ from market_data_store.coordinator import (
     WriteCoordinator,
     feedback_bus,
 )
-from market_data_store.coordinator.http_broadcast import HttpFeedbackBroadcaster
-from market_data_store.coordinator.rate_controller import RateController
+from market_data_store.feedback.http_broadcast import HttpFeedbackBroadcaster
+from market_data_store.feedback.rate_controller import RateController
 from market_data_store.sinks import Bar, SqliteBarsSink
 
 DEFAULT_SYMBOLS = "AAPL,MSFT,NVDA,AMZN,GOOG,TSLA"

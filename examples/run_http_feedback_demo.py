@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from market_data_store.coordinator.feedback import FeedbackEvent, feedback_bus
-from market_data_store.coordinator.http_broadcast import HttpFeedbackBroadcaster
 from market_data_store.coordinator.write_coordinator import WriteCoordinator
+from market_data_store.feedback import FeedbackEvent, feedback_bus
+from market_data_store.feedback.http_broadcast import HttpFeedbackBroadcaster
 
 TOLERANCE_SEC = 300  # Standard Webhooks: reject timestamps more than 5 minutes off
 

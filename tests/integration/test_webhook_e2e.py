@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from market_data_store.coordinator.feedback import (
+from market_data_store.feedback import (
     BackpressureLevel,
     FeedbackBus,
     FeedbackEvent,
     feedback_bus,
 )
-from market_data_store.coordinator.http_broadcast import HttpFeedbackBroadcaster
+from market_data_store.feedback.http_broadcast import HttpFeedbackBroadcaster
 from market_data_store.testing.waits import wait_until
 
 SECRET = "whsec_" + base64.b64encode(b"e2e-webhook-secret-of-32-bytes!!").decode()

@@ -8,6 +8,7 @@ import pytest
 
 import market_data_store
 import market_data_store.coordinator as coordinator
+import market_data_store.feedback as feedback
 
 # DESIGN.md section 3 (public API) with the module section 2 places each name in.
 CONTRACT = {
@@ -79,3 +80,34 @@ def test_package_reexports_the_main_names(name: str) -> None:
     assert name in market_data_store.__all__
     if hasattr(coordinator, name):
         assert getattr(market_data_store, name) is getattr(coordinator, name)
+
+
+# DESIGN.md section 8: the signal path's package and the module each name moved to.
+SIGNAL_PATH = {
+    "BackpressureLevel": "events",
+    "FeedbackEvent": "events",
+    "FeedbackSubscriber": "events",
+    "FeedbackBus": "bus",
+    "feedback_bus": "bus",
+    "HttpFeedbackBroadcaster": "http_broadcast",
+    "RateController": "rate_controller",
+    "FeedbackSettings": "settings",
+}
+
+
+def test_feedback_package_all_is_sorted_and_importable() -> None:
+    """market_data_store.feedback.__all__ is sorted and each name resolves on the package."""
+    names = feedback.__all__
+    assert names == sorted(names)
+    assert all(hasattr(feedback, name) for name in names)
+
+
+@pytest.mark.parametrize(("name", "module"), sorted(SIGNAL_PATH.items()))
+def test_signal_path_names_live_in_the_feedback_package(name: str, module: str) -> None:
+    """Each signal-path name is defined in market_data_store.feedback and is the very object
+    the coordinator re-exports (moved, not copied)."""
+    mod = importlib.import_module(f"market_data_store.feedback.{module}")
+    obj = getattr(mod, name)
+    assert getattr(feedback, name) is obj
+    assert getattr(coordinator, name) is obj
+    assert obj.__module__ == f"market_data_store.feedback.{module}"

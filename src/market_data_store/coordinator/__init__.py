@@ -1,14 +1,11 @@
-"""Public API of the coordinator: queue, workers, policies, DLQ, feedback and settings."""
+"""Public API of the write path: queue, workers, policies, DLQ and settings.
+
+The signal path's names (``feedback_bus``, ``FeedbackEvent``, ...) live in
+``market_data_store.feedback`` and are re-exported here, so the Phase 6.0A import
+``from market_data_store.coordinator import feedback_bus, FeedbackEvent`` keeps working.
+"""
 
 from market_data_store.coordinator.dlq import DeadLetterQueue, DLQRecord
-from market_data_store.coordinator.feedback import (
-    BackpressureLevel,
-    FeedbackBus,
-    FeedbackEvent,
-    FeedbackSubscriber,
-    feedback_bus,
-)
-from market_data_store.coordinator.http_broadcast import HttpFeedbackBroadcaster
 from market_data_store.coordinator.policy import (
     CircuitBreaker,
     CircuitOpenError,
@@ -16,7 +13,6 @@ from market_data_store.coordinator.policy import (
     default_retry_classifier,
 )
 from market_data_store.coordinator.queue import BoundedQueue
-from market_data_store.coordinator.rate_controller import RateController
 from market_data_store.coordinator.settings import CoordinatorRuntimeSettings, FeedbackSettings
 from market_data_store.coordinator.types import (
     BackpressureCallback,
@@ -35,6 +31,15 @@ from market_data_store.coordinator.write_coordinator import (
     CoordinatorHealth,
     CoordinatorStats,
     WriteCoordinator,
+)
+from market_data_store.feedback import (
+    BackpressureLevel,
+    FeedbackBus,
+    FeedbackEvent,
+    FeedbackSubscriber,
+    HttpFeedbackBroadcaster,
+    RateController,
+    feedback_bus,
 )
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""Prometheus metrics (default registry) for the coordinator, the feedback bus and the webhook.
+"""Prometheus metrics (default registry) of the write path (the signal path's are in
+``market_data_store.feedback.metrics``).
 
 Per-item figures (submitted, dropped, queue depth) are plain integers in each coordinator's
 ``stats()`` snapshot and are read by a collector at scrape time, so the hot path never touches
@@ -8,31 +9,12 @@ a labelled child or a lock. Per-batch figures use ordinary counters, updated onc
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Protocol
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-FEEDBACK_EVENTS = Counter(
-    "mds_feedback_events",
-    "Feedback events published, by coordinator and level",
-    ["coordinator_id", "level"],
-)
-FEEDBACK_SUBSCRIBERS = Gauge("mds_feedback_subscribers", "Subscribers registered on feedback buses")
-FEEDBACK_SUBSCRIBER_ERRORS = Counter(
-    "mds_feedback_subscriber_errors", "Exceptions raised by feedback subscribers", ["subscriber"]
-)
-FEEDBACK_COALESCED = Counter(
-    "mds_feedback_coalesced", "Intermediate events skipped for subscribers that fell behind"
-)
-WEBHOOK_SENDS = Counter(
-    "mds_feedback_webhook_sends", "Webhook POST attempts by outcome", ["outcome"]
-)
-WEBHOOK_DROPPED = Counter(
-    "mds_feedback_webhook_dropped", "Webhook events given up on or superseded", ["reason"]
-)
 
 BATCHES_WRITTEN = Counter("mds_batches_written", "Batches written by sinks", ["coordinator_id"])
 ITEMS_WRITTEN = Counter("mds_items_written", "Items written by sinks", ["coordinator_id"])
@@ -140,23 +122,3 @@ class _CoordinatorCollector(Collector):
 
 _collector = _CoordinatorCollector()
 REGISTRY.register(_collector)
-
-
-def cached_child(metric: Any, cache: dict[tuple[str, ...], Any]) -> Callable[..., Any]:
-    """Return a ``labels(*values)`` that caches children (labels() takes a lock each call)."""
-
-    def child(*values: str) -> Any:
-        found = cache.get(values)
-        if found is None:
-            found = cache[values] = metric.labels(*values)
-        return found
-
-    return child
-
-
-_feedback_event_child = cached_child(FEEDBACK_EVENTS, {})
-
-
-def count_feedback_event(coordinator_id: str, level: str) -> None:
-    """Increment ``mds_feedback_events_total`` through a cached child."""
-    _feedback_event_child(coordinator_id, level).inc()

@@ -16,12 +16,6 @@ from itertools import repeat, starmap
 from typing import Generic, NamedTuple, TypeVar
 
 from market_data_store.coordinator._callbacks import CallbackRunner
-from market_data_store.coordinator.feedback import (
-    BackpressureLevel,
-    FeedbackBus,
-    FeedbackEvent,
-    feedback_bus,
-)
 from market_data_store.coordinator.types import (
     OVERFLOW_STRATEGIES,
     BackpressureCallback,
@@ -32,6 +26,8 @@ from market_data_store.coordinator.types import (
     QueueFullError,
     check_range,
 )
+from market_data_store.feedback.bus import FeedbackBus, feedback_bus
+from market_data_store.feedback.events import BackpressureLevel, FeedbackEvent
 
 T = TypeVar("T")
 

@@ -13,7 +13,6 @@ from loguru import logger
 from market_data_store._context import AsyncStartStop
 from market_data_store.coordinator import metrics
 from market_data_store.coordinator.dlq import DeadLetterQueue
-from market_data_store.coordinator.feedback import BackpressureLevel, FeedbackBus
 from market_data_store.coordinator.policy import CircuitBreaker, CircuitState, RetryPolicy
 from market_data_store.coordinator.queue import BoundedQueue
 from market_data_store.coordinator.settings import CoordinatorRuntimeSettings
@@ -28,6 +27,8 @@ from market_data_store.coordinator.types import (
     check_range,
 )
 from market_data_store.coordinator.worker import SinkWorker, WriteLedger
+from market_data_store.feedback.bus import FeedbackBus
+from market_data_store.feedback.events import BackpressureLevel
 
 T = TypeVar("T")
 

@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from market_data_store.coordinator.dlq import DeadLetterQueue
-from market_data_store.coordinator.feedback import FeedbackBus
 from market_data_store.coordinator.policy import CircuitBreaker, RetryPolicy
 from market_data_store.coordinator.types import (
     OVERFLOW_STRATEGIES,
@@ -23,6 +22,7 @@ from market_data_store.coordinator.types import (
     RetryableSinkError,
 )
 from market_data_store.coordinator.write_coordinator import WriteCoordinator
+from market_data_store.feedback import FeedbackBus
 
 WaitUntil = Callable[..., Awaitable[None]]
 FAULTS = ("ok", "ok", "permanent", "transient", "hang")

@@ -15,10 +15,10 @@ import pytest
 from pydantic import BaseModel
 
 from market_data_store.coordinator.dlq import DeadLetterQueue, DLQRecord
-from market_data_store.coordinator.feedback import FeedbackBus
 from market_data_store.coordinator.policy import CircuitBreaker, RetryPolicy
 from market_data_store.coordinator.types import PermanentSinkError, RetryableSinkError
 from market_data_store.coordinator.write_coordinator import WriteCoordinator
+from market_data_store.feedback import FeedbackBus
 
 
 class Tick(BaseModel):

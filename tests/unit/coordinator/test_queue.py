@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from market_data_store.coordinator.feedback import BackpressureLevel, FeedbackBus
 from market_data_store.coordinator.queue import BoundedQueue
 from market_data_store.coordinator.types import QueueClosedError, QueueFullError
+from market_data_store.feedback import BackpressureLevel, FeedbackBus
 
 OK, SOFT, HARD = BackpressureLevel.OK, BackpressureLevel.SOFT, BackpressureLevel.HARD
 DEADLINE = 2.0  # seconds; every wait below is bounded by it

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from market_data_store.coordinator.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
 from market_data_store.coordinator.queue import BoundedQueue
 from market_data_store.coordinator.types import OVERFLOW_STRATEGIES, QueueFullError
+from market_data_store.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
 
 OK, SOFT, HARD = BackpressureLevel.OK, BackpressureLevel.SOFT, BackpressureLevel.HARD
 

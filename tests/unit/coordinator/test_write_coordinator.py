@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from market_data_store.coordinator.dlq import DeadLetterQueue
-from market_data_store.coordinator.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
 from market_data_store.coordinator.policy import CircuitBreaker, RetryPolicy
 from market_data_store.coordinator.settings import CoordinatorRuntimeSettings
 from market_data_store.coordinator.types import (
@@ -24,6 +23,7 @@ from market_data_store.coordinator.types import (
     RetryableSinkError,
 )
 from market_data_store.coordinator.write_coordinator import CoordinatorHealth, WriteCoordinator
+from market_data_store.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
 
 WaitUntil = Callable[..., Awaitable[None]]
 OK, SOFT, HARD = BackpressureLevel.OK, BackpressureLevel.SOFT, BackpressureLevel.HARD

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from market_data_store.coordinator.settings import CoordinatorRuntimeSettings, FeedbackSettings
-from market_data_store.coordinator.types import ConfigError
+from market_data_store.errors import ConfigError
 
 URL = "https://hooks.example.com/feedback"
 SECRET = "whsec_" + base64.b64encode(b"settings-test-secret-32-bytes!!!").decode()

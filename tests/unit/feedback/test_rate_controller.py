@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from market_data_store.coordinator.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
-from market_data_store.coordinator.rate_controller import BURST_SEC, RateController
-from market_data_store.coordinator.types import ConfigError
+from market_data_store.errors import ConfigError
+from market_data_store.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
+from market_data_store.feedback.rate_controller import BURST_SEC, RateController
 
 OK, SOFT, HARD = BackpressureLevel.OK, BackpressureLevel.SOFT, BackpressureLevel.HARD
 

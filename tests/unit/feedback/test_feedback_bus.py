@@ -11,13 +11,13 @@ from collections import defaultdict
 import pytest
 from prometheus_client import REGISTRY
 
-from market_data_store.coordinator.feedback import (
+from market_data_store.errors import ConfigError
+from market_data_store.feedback import (
     BackpressureLevel,
     FeedbackBus,
     FeedbackEvent,
     feedback_bus,
 )
-from market_data_store.coordinator.types import ConfigError
 
 DEADLINE = 2.0  # seconds; every wait below is bounded by it
 

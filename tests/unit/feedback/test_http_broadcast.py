@@ -18,11 +18,10 @@ from pytest_httpx import HTTPXMock
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from market_data_store.coordinator import http_broadcast
-from market_data_store.coordinator.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
-from market_data_store.coordinator.http_broadcast import HttpFeedbackBroadcaster, backoff_delay
-from market_data_store.coordinator.settings import FeedbackSettings
-from market_data_store.coordinator.types import ConfigError
+from market_data_store.errors import ConfigError
+from market_data_store.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent, http_broadcast
+from market_data_store.feedback.http_broadcast import HttpFeedbackBroadcaster, backoff_delay
+from market_data_store.feedback.settings import FeedbackSettings
 from market_data_store.testing.waits import wait_until
 
 URL = "http://hooks.test/feedback"
@@ -490,8 +489,8 @@ sys.modules["httpx"] = None
 import market_data_store
 for info in pkgutil.walk_packages(market_data_store.__path__, "market_data_store."):
     importlib.import_module(info.name)
-from market_data_store.coordinator.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
-from market_data_store.coordinator.http_broadcast import HttpFeedbackBroadcaster
+from market_data_store.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
+from market_data_store.feedback.http_broadcast import HttpFeedbackBroadcaster
 
 async def main():
     bus = FeedbackBus()

@@ -1,0 +1,23 @@
+"""Argument checks shared by every constructor: one error naming the argument and its range."""
+
+from __future__ import annotations
+
+from market_data_store.errors import ConfigError
+
+
+def check_range(
+    name: str,
+    value: float,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> None:
+    """Raise ``ConfigError`` naming ``name`` and its allowed range unless lo <= value <= hi."""
+    too_low = lo is not None and (value <= lo if lo_open else value < lo)
+    too_high = hi is not None and (value >= hi if hi_open else value > hi)
+    if too_low or too_high:
+        left = "" if lo is None else f"{lo} {'<' if lo_open else '<='} "
+        right = "" if hi is None else f" {'<' if hi_open else '<='} {hi}"
+        raise ConfigError(f"{name} must satisfy {left}{name}{right}, got {value!r}")

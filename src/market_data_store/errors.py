@@ -1,0 +1,58 @@
+"""The library's exception tree.
+
+Every error the library raises on purpose derives from ``MarketDataStoreError``::
+
+    MarketDataStoreError
+    ├── ConfigError (also ValueError)       bad constructor argument or setting
+    ├── QueueFullError                      overflow_strategy="error" and no room
+    ├── QueueClosedError                    put on a queue that was closed
+    ├── CoordinatorNotRunningError          submit() before start() or after stop()
+    ├── CircuitOpenError                    the circuit breaker refuses a call
+    └── SinkError                           raised by sinks
+        ├── RetryableSinkError              transient: retry the same batch
+        └── PermanentSinkError              the batch can never succeed: dead-letter it
+"""
+
+from __future__ import annotations
+
+
+class MarketDataStoreError(Exception):
+    """Base of every error this library raises on purpose."""
+
+
+class ConfigError(MarketDataStoreError, ValueError):
+    """An argument or setting is out of its allowed range; the message names it."""
+
+
+class QueueFullError(MarketDataStoreError):
+    """The queue has no room and its overflow strategy is ``"error"``."""
+
+
+class QueueClosedError(MarketDataStoreError):
+    """The queue was closed: it takes no more items."""
+
+
+class CoordinatorNotRunningError(MarketDataStoreError):
+    """``submit()`` was called on a coordinator that is not running."""
+
+
+class CircuitOpenError(MarketDataStoreError):
+    """The circuit breaker is open and refuses the call."""
+
+
+class SinkError(MarketDataStoreError):
+    """Raised by a sink; ``retryable`` tells the worker whether to try the batch again."""
+
+    retryable: bool = True
+
+
+class RetryableSinkError(SinkError):
+    """A transient failure (connection lost, database locked): the same batch may succeed."""
+
+    retryable = True
+
+
+class PermanentSinkError(SinkError):
+    """The batch can never succeed (invalid rows): it goes straight to the dead-letter queue."""
+
+    retryable = False

@@ -1,0 +1,48 @@
+"""Pressure levels, the immutable ``FeedbackEvent`` and the ``FeedbackSubscriber`` protocol."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any, Protocol, runtime_checkable
+
+
+class BackpressureLevel(str, Enum):  # noqa: UP042 - the contract spells (str, Enum)
+    """Pressure on a coordinator's queue; ``"ok" < "soft" < "hard"`` in urgency."""
+
+    OK = "ok"
+    SOFT = "soft"
+    HARD = "hard"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackEvent:
+    """One immutable pressure signal from one coordinator."""
+
+    coordinator_id: str
+    queue_size: int
+    capacity: int
+    level: BackpressureLevel
+    reason: str | None = None
+    ts: float = field(default_factory=time.time)
+    seq: int = 0
+
+    @property
+    def utilization(self) -> float:
+        """queue_size / capacity, 0.0 when capacity is 0."""
+        return self.queue_size / self.capacity if self.capacity else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields plus ``utilization`` (the webhook payload)."""
+        data = asdict(self)
+        data["level"] = self.level.value
+        data["utilization"] = self.utilization
+        return data
+
+
+@runtime_checkable
+class FeedbackSubscriber(Protocol):
+    """Anything awaitable with one event: a coroutine function, a bound method, an object."""
+
+    async def __call__(self, event: FeedbackEvent) -> None: ...

@@ -1,0 +1,71 @@
+"""``FeedbackSettings``: the ``MDS_FB_*`` variables (environment or ``.env``) of the signal path.
+
+A bad value raises ``ConfigError`` naming the environment variable and its allowed range.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from market_data_store._settings import MdsSettings
+
+
+class FeedbackSettings(MdsSettings):
+    """Webhook broadcast of feedback events, from ``MDS_FB_*`` variables."""
+
+    _prefix: ClassVar[str] = "MDS_FB_"
+    model_config = SettingsConfigDict(
+        env_prefix="MDS_FB_", env_file=".env", extra="ignore", case_sensitive=False
+    )
+
+    enable_http_broadcast: bool = False
+    feedback_webhook_url: str | None = None
+    http_timeout: float = Field(default=2.0, gt=0, le=300)
+    http_max_retries: int = Field(default=3, ge=0, le=100)
+    webhook_secret: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _check_webhook(self) -> FeedbackSettings:
+        url = self.feedback_webhook_url
+        if self.enable_http_broadcast and not url:
+            raise ValueError(
+                "MDS_FB_FEEDBACK_WEBHOOK_URL is required when MDS_FB_ENABLE_HTTP_BROADCAST is true"
+            )
+        if url:
+            check_webhook_url("MDS_FB_FEEDBACK_WEBHOOK_URL", url)
+        if self.webhook_secret is not None:
+            decode_webhook_secret("MDS_FB_WEBHOOK_SECRET", self.webhook_secret.get_secret_value())
+        return self
+
+
+def check_webhook_url(name: str, url: str) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``url`` is an http(s) URL with a host."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        host = None
+    else:
+        if parts.scheme not in ("http", "https"):
+            host = None
+    if not host:
+        raise ValueError(f"{name} must be an http:// or https:// URL with a host, got {url!r}")
+
+
+def decode_webhook_secret(name: str, secret: str) -> bytes:
+    """Decode a Standard Webhooks secret (``whsec_`` + base64); raise ``ValueError`` naming it."""
+    if not secret.startswith("whsec_"):
+        raise ValueError(f"{name} must start with 'whsec_' followed by base64")
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{name} must be 'whsec_' followed by valid base64") from None
+    if len(key) < 16:
+        raise ValueError(f"{name} must decode to at least 16 bytes, got {len(key)}")
+    return key
