@@ -11,11 +11,19 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+# The distribution was called market-data-store (a name taken on the public index by another
+# project); a .venv made before the rename still has it (and src/ its egg-info), which would
+# clash with ours.
+UNINSTALL_OLD_NAME := $(PY) -m pip uninstall --quiet --yes market-data-store >/dev/null 2>&1; \
+	rm -rf src/market_data_store.egg-info
+
 $(STAMP_DEMO): pyproject.toml | $(PY)
+	$(UNINSTALL_OLD_NAME)
 	$(PY) -m pip install --quiet -e '.[feedback]'
 	touch $@
 
 $(STAMP_DEV): pyproject.toml | $(PY)
+	$(UNINSTALL_OLD_NAME)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@ $(STAMP_DEMO)
 
