@@ -271,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
+    logger.enable("market_data_store")  # the library's logging is off until an app enables it
     return asyncio.run(run(args))
 
 

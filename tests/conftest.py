@@ -23,12 +23,20 @@ def wait_until() -> WaitUntil:
 
 @pytest.fixture
 def log_messages() -> Iterator[list[str]]:
-    """Messages loguru emits at WARNING or above while the test runs, as ``"LEVEL: text"``."""
+    """Messages loguru emits at WARNING or above while the test runs, as ``"LEVEL: text"``.
+
+    The library's logging is disabled at import (loguru's advice for libraries): this enables
+    it for the test and disables it again afterwards.
+    """
     messages: list[str] = []
+    logger.enable("market_data_store")
     handler_id = logger.add(
         lambda message: messages.append(message.rstrip("\n")),
         level="WARNING",
         format="{level}: {message}",
     )
-    yield messages
-    logger.remove(handler_id)
+    try:
+        yield messages
+    finally:
+        logger.remove(handler_id)
+        logger.disable("market_data_store")

@@ -456,9 +456,11 @@ def test_from_settings_builds_configured_broadcaster(monkeypatch: pytest.MonkeyP
 @pytest.fixture
 def warnings_logged() -> Iterator[list[str]]:
     messages: list[str] = []
+    logger.enable("market_data_store")  # disabled at import (issue 13.2)
     handler = logger.add(lambda m: messages.append(str(m)), level="WARNING", format="{message}")
     yield messages
     logger.remove(handler)
+    logger.disable("market_data_store")
 
 
 async def test_without_httpx_warns_once_and_does_nothing(
@@ -487,6 +489,8 @@ def test_library_imports_and_works_without_httpx() -> None:
 import asyncio, importlib, pkgutil, sys
 sys.modules["httpx"] = None
 import market_data_store
+from loguru import logger
+logger.enable("market_data_store")  # disabled at import (issue 13.2)
 for info in pkgutil.walk_packages(market_data_store.__path__, "market_data_store."):
     importlib.import_module(info.name)
 from market_data_store.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
