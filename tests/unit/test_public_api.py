@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
 import market_data_store
 import market_data_store.coordinator as coordinator
+import market_data_store.errors as errors
 import market_data_store.feedback as feedback
+import market_data_store.sinks as sinks
 
 # DESIGN.md section 3 (public API) with the module section 2 places each name in.
 CONTRACT = {
@@ -111,3 +117,54 @@ def test_signal_path_names_live_in_the_feedback_package(name: str, module: str) 
     assert getattr(feedback, name) is obj
     assert getattr(coordinator, name) is obj
     assert obj.__module__ == f"market_data_store.feedback.{module}"
+
+
+# The top-level package (issue 13.3): DESIGN.md section 3 plus every exception and the stats.
+PACKAGE_CONTRACT = sorted(
+    {*CONTRACT, "Bar", "SqliteBarsSink", "PostgresBarsSink", "CoordinatorStats"}
+    | {
+        name
+        for name, obj in vars(errors).items()
+        if isinstance(obj, type)
+        and issubclass(obj, Exception)
+        and obj.__module__ == errors.__name__
+    }
+)
+
+
+def test_package_exports_every_exception_of_the_error_tree() -> None:
+    """Every exception class market_data_store.errors defines is in the package's __all__."""
+    error_names = [name for name in PACKAGE_CONTRACT if name.endswith("Error")]
+    assert {"QueueFullError", "ConfigError", "MarketDataStoreError"} <= set(error_names)
+    assert [name for name in error_names if name not in market_data_store.__all__] == []
+
+
+@pytest.mark.parametrize("name", PACKAGE_CONTRACT)
+def test_package_all_is_complete(name: str) -> None:
+    """Each public name (section 3, the errors, CoordinatorStats) is importable from the
+    package and is the very object the defining package exports."""
+    assert name in market_data_store.__all__
+    namespace: dict[str, object] = {}
+    exec(f"from market_data_store import {name}", namespace)
+    for home in (coordinator, errors, sinks):
+        if hasattr(home, name):
+            assert namespace[name] is getattr(home, name)
+
+
+def test_package_docstring_opens_with_a_runnable_quickstart(tmp_path: Path) -> None:
+    """help(market_data_store) starts with a one-line summary and a quickstart that runs."""
+    doc = market_data_store.__doc__ or ""
+    summary, _, rest = doc.partition("\n")
+    assert "market data" in summary.lower()
+    code = textwrap.dedent(rest.split("::\n", 1)[1].split("\n\n``", 1)[0])
+    assert "WriteCoordinator" in code
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"
