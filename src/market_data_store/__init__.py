@@ -19,12 +19,14 @@ Quickstart (install from a checkout with ``pip install '.[feedback]'``)::
 ``feedback_bus().subscribe(callback)`` (an ``async def``) receives a ``FeedbackEvent``
 (OK / SOFT / HARD) whenever a queue's pressure level changes; ``RateController`` turns those
 into a producer rate. ``WriteCoordinator.from_settings(sink=...)`` reads ``MDS_*`` variables
-(environment or ``.env``). The library logs with loguru, disabled at import as loguru advises
-for libraries: ``logger.enable("market_data_store")`` turns it on.
+(environment or ``.env``); an unknown ``MDS_*`` name gets an ``UnknownSettingWarning``.
+The library logs with loguru, disabled at import as loguru advises for libraries:
+``logger.enable("market_data_store")`` turns it on.
 """
 
 from loguru import logger
 
+from market_data_store._settings import UnknownSettingWarning
 from market_data_store.coordinator import (
     BackpressureCallback,
     BackpressureLevel,
@@ -95,6 +97,7 @@ __all__ = [
     "Sink",
     "SinkError",
     "SqliteBarsSink",
+    "UnknownSettingWarning",
     "WriteCoordinator",
     "__version__",
     "default_retry_classifier",
