@@ -65,6 +65,14 @@ class DeadLetterQueue(Generic[T]):
     Items are encoded as pydantic models via ``model_dump(mode="json")``, dataclasses via
     ``asdict``, else with ``encoder(item)`` when given, else as JSON values. Writes are
     flushed and fsynced in a worker thread, off the event loop.
+
+    Args:
+        path: the NDJSON file; created (with its folder) on the first save.
+        encoder: turns an item that is neither a pydantic model nor a dataclass into a JSON
+            value; without it such items must already be JSON values.
+
+    ``python -m market_data_store.dlq replay FILE --sqlite PATH`` resubmits a file of bars
+    into a sink and archives it (see ``market_data_store.dlq``).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, encoder: Callable[[T], Any] | None = None):
@@ -125,16 +133,23 @@ class DeadLetterQueue(Generic[T]):
                 fh.flush()
                 os.fsync(fh.fileno())
 
-    async def replay(self, max_records: int = 100) -> list[DLQRecord[T]]:
-        """Read up to ``max_records`` records from the start; corrupt lines are skipped."""
-        if max_records < 0:
-            raise ValueError(f"max_records must satisfy 0 <= max_records, got {max_records}")
-        return await asyncio.to_thread(self._read, max_records)
+    async def replay(self, max_records: int = 100, *, offset: int = 0) -> list[DLQRecord[T]]:
+        """Read up to ``max_records`` records, skipping the first ``offset``; removes none.
 
-    def _read(self, max_records: int) -> list[DLQRecord[T]]:
+        Page through a file with ``offset += len(page)`` until a page comes back shorter than
+        ``max_records``. Records count as ``replay`` returns them: corrupt lines are skipped
+        (logged at WARNING) and take no place in the numbering.
+        """
+        for name, value in (("max_records", max_records), ("offset", offset)):
+            if value < 0:
+                raise ValueError(f"{name} must satisfy 0 <= {name}, got {value}")
+        return await asyncio.to_thread(self._read, max_records, offset)
+
+    def _read(self, max_records: int, offset: int = 0) -> list[DLQRecord[T]]:
         records: list[DLQRecord[T]] = []
         if not self._path.exists():
             return records
+        skipped = 0
         with self._lock, self._path.open("r", encoding="utf-8", errors="replace") as fh:
             for lineno, line in enumerate(fh, 1):
                 if len(records) >= max_records:
@@ -143,14 +158,20 @@ class DeadLetterQueue(Generic[T]):
                     continue
                 try:
                     raw = json.loads(line)
-                    records.append(
-                        DLQRecord(
-                            ts=float(raw["ts"]),
-                            error=str(raw["error"]),
-                            metadata=dict(raw.get("metadata") or {}),
-                            items=list(raw["items"]),
-                        )
+                    record: DLQRecord[T] = DLQRecord(
+                        ts=float(raw["ts"]),
+                        error=str(raw["error"]),
+                        metadata=dict(raw.get("metadata") or {}),
+                        items=list(raw["items"]),
                     )
                 except (ValueError, KeyError, TypeError) as exc:
-                    logger.warning("DLQ {}: skipping corrupt line {}: {}", self._path, lineno, exc)
+                    if skipped >= offset:  # lines before the page were reported by earlier pages
+                        logger.warning(
+                            "DLQ {}: skipping corrupt line {}: {}", self._path, lineno, exc
+                        )
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                else:
+                    records.append(record)
         return records

@@ -1,0 +1,59 @@
+"""DeadLetterQueue.replay pages through a file with max_records and offset (issue 13.8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from market_data_store.coordinator import DeadLetterQueue
+
+
+async def filled(path: Path, n: int) -> DeadLetterQueue[int]:
+    dlq: DeadLetterQueue[int] = DeadLetterQueue(path)
+    for i in range(n):
+        await dlq.save([i], "e")
+    return dlq
+
+
+async def test_pages_cover_every_record_once_in_order(tmp_path: Path) -> None:
+    """offset += len(page) walks the whole file: every record once, in file order."""
+    dlq = await filled(tmp_path / "dlq.ndjson", 7)
+    seen: list[list[int]] = []
+    offset = 0
+    while page := await dlq.replay(3, offset=offset):
+        seen += [r.items for r in page]
+        offset += len(page)
+    assert seen == [[i] for i in range(7)]
+
+
+async def test_offset_past_the_end_is_an_empty_page(tmp_path: Path) -> None:
+    """An offset at or past the last record returns no records."""
+    dlq = await filled(tmp_path / "dlq.ndjson", 2)
+    assert await dlq.replay(5, offset=2) == []
+    assert await dlq.replay(5, offset=10) == []
+
+
+async def test_corrupt_lines_take_no_place_in_the_numbering(
+    tmp_path: Path, log_messages: list[str]
+) -> None:
+    """A corrupt line is skipped and not counted, and reported only by the page it falls in."""
+    path = tmp_path / "dlq.ndjson"
+    dlq = await filled(path, 2)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write("not json\n")
+    await dlq.save([2], "e")
+    assert [r.items for r in await dlq.replay(2)] == [[0], [1]]
+    assert [r.items for r in await dlq.replay(2, offset=2)] == [[2]]
+    assert [r.items for r in await dlq.replay(2, offset=3)] == []
+    assert sum("corrupt line 3" in m for m in log_messages) == 1
+
+
+@pytest.mark.parametrize(("max_records", "offset"), [(-1, 0), (10, -1)])
+async def test_negative_arguments_are_rejected(
+    tmp_path: Path, max_records: int, offset: int
+) -> None:
+    """A negative max_records or offset raises ValueError naming it."""
+    dlq = await filled(tmp_path / "dlq.ndjson", 1)
+    with pytest.raises(ValueError, match="max_records" if max_records < 0 else "offset"):
+        await dlq.replay(max_records, offset=offset)
