@@ -3,11 +3,17 @@
 A synthetic provider makes random-walk OHLCV bars for several symbols. The producer paces
 itself with a ``RateController`` subscribed to ``feedback_bus()`` and submits the bars to a
 ``WriteCoordinator`` that writes them into SQLite (``market_data.db`` here by default) or,
-with ``--postgres-dsn``, into PostgreSQL. Every few seconds the database stalls (as a
-checkpoint or a lock held by another process would make it), the queue fills, the
-coordinator says SOFT and then HARD, the producer slows down, and it speeds up again once
-the queue has recovered. Each level change is printed as it happens; a summary and a chart
-of queue depth over time close the run.
+with ``--postgres-dsn``, into PostgreSQL. The sink stalls ON PURPOSE, 1.2 s every 4 s (as a
+checkpoint or a lock held by another process would make a real database do): a local
+database keeps up with this producer easily, so without the stalls the queue would never fill
+and there would be no feedback to show. During a stall the queue fills, the coordinator says
+SOFT and then HARD, the producer slows down, and it speeds up again once the queue has
+recovered. Each level change is printed as it happens; a summary and a chart of queue depth
+over time close the run.
+
+Each run's bars start 30 days before the moment the run starts, to the microsecond, one
+second apart per symbol: a second run into the same database adds its own rows instead of
+overwriting the first run's.
 
     python examples/run_coordinator_feedback.py [--duration 15] [--symbols AAPL,MSFT,...]
         [--db market_data.db | --postgres-dsn postgresql://...] [--metrics-port 9108]
@@ -28,6 +34,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from loguru import logger
@@ -57,7 +64,9 @@ class SyntheticProvider:
         self._rng = random.Random(seed)
         self._symbols = list(symbols)
         self._price = {s: self._rng.uniform(50, 500) for s in self._symbols}
-        self._ts = datetime.now(UTC).replace(microsecond=0) - timedelta(days=30)
+        # Not rounded to the second: the run's start time to the microsecond keeps each run's
+        # (symbol, ts) keys apart from every earlier run's, so the upsert overwrites nothing.
+        self._ts = datetime.now(UTC) - timedelta(days=30)
         self._i = 0
 
     def next_bars(self, count: int) -> list[Bar]:
@@ -186,6 +195,7 @@ async def run(args: argparse.Namespace) -> int:
         if broadcaster is not None:
             await broadcaster.start()
             print(f"webhook broadcast on: {broadcaster.url}")
+        rows_before = await real_sink.count()
         coordinator: WriteCoordinator[Bar] = WriteCoordinator(
             sink=StallingSink(real_sink, args.stall_every, args.stall_sec),
             capacity=args.capacity,
@@ -202,6 +212,12 @@ async def run(args: argparse.Namespace) -> int:
             f"offers up to {args.rate:,.0f} bars/s; queue capacity {queue.capacity:,} "
             f"(SOFT above {queue.low_watermark:,}, HARD at {queue.high_watermark:,})"
         )
+        if args.stall_sec > 0:
+            print(
+                f"the sink stalls on purpose, {args.stall_sec:g} s every {args.stall_every:g} s, "
+                "as a checkpoint or another process's lock\nwould make a database do: that fills "
+                "the queue, so the feedback shows (--stall-sec 0: no stalls)"
+            )
         provider = SyntheticProvider(symbols, seed=args.seed)
         async with coordinator:
 
@@ -230,8 +246,13 @@ async def run(args: argparse.Namespace) -> int:
     peak = max((d for _, d in log.depth), default=0)
     print("\nsummary")
     print(f"  bars produced       {log.produced:>10,}")
-    print(f"  bars written        {stats.written:>10,}   (rows in the table now: {stored:,})")
-    print(f"  bars dead-lettered  {stats.dead_lettered:>10,}   ({args.dlq})")
+    print(
+        f"  bars written        {stats.written:>10,}   (new rows {stored - rows_before:,}; "
+        f"rows in the table now: {stored:,})"
+    )
+    dlq_file = await asyncio.to_thread(Path(args.dlq).exists)  # printed only if it exists
+    dlq_note = f"   ({args.dlq})" if dlq_file else ""
+    print(f"  bars dead-lettered  {stats.dead_lettered:>10,}{dlq_note}")
     print(f"  bars dropped        {sum(stats.dropped.values()):>10,}")
     print(f"  throughput          {stats.written / max(log.elapsed(), 1e-9):>10,.0f} bars/s")
     levels = ", ".join(f"{lvl.value.upper()} {log.events[lvl.value]}" for lvl in BackpressureLevel)
