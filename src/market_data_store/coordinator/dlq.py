@@ -26,7 +26,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class DLQRecord(Generic[T]):
-    """One failed batch as read back: ``items`` hold the decoded JSON values."""
+    """One failed batch as read back: ``items`` hold the decoded JSON values.
+
+    Args:
+        ts: when the batch was saved (Unix seconds).
+        error: why it failed, ``"TypeName: message"``.
+        metadata: what the saver attached (a coordinator: its id, the worker, attempts, reason).
+        items: the batch's items as JSON values (dicts for models and dataclasses).
+    """
 
     ts: float
     error: str

@@ -33,7 +33,20 @@ class CountingSink(Protocol):
 
 @dataclass(frozen=True)
 class ReplayReport:
-    """What one replay did; ``complete`` when every item of the file was stored."""
+    """What one replay did; ``complete`` when every item of the file was stored.
+
+    Args:
+        path: the file asked for.
+        found: False when there was no such file (then nothing else is set).
+        records: records read (corrupt lines are not records).
+        items: items in those records.
+        written: items the sink stored.
+        invalid: items that are not valid bars (not submitted).
+        rows_before: rows in the sink before the replay.
+        rows_after: rows in the sink after it.
+        archived_to: where the file went when complete (``FILE.replayed-<UTC time>``).
+        kept_at: where the file stays when not complete (``FILE.replaying-<UTC time>``).
+    """
 
     path: Path
     found: bool = False
