@@ -64,7 +64,10 @@ def known_variables() -> frozenset[str]:
     names = set(READ_ELSEWHERE)
     for cls in _settings_classes():
         prefix = str(cls.model_config.get("env_prefix", "")).upper()
-        names.update(f"{prefix}{field.upper()}" for field in cls.model_fields)
+        for field_name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            # pydantic-settings reads an aliased field by its alias, without the prefix.
+            names.add(alias.upper() if isinstance(alias, str) else f"{prefix}{field_name.upper()}")
     return frozenset(names)
 
 
@@ -84,7 +87,7 @@ def _dotenv_names(env_file: Any) -> Iterator[str]:
     files = env_file if isinstance(env_file, list | tuple) else [env_file]
     for path in files:
         if path is not None and Path(path).is_file():
-            yield from dotenv_values(path)
+            yield from dotenv_values(path, interpolate=False)  # names only: expand nothing
 
 
 def warn_unknown_variables(env_file: Any = ".env") -> None:
