@@ -182,6 +182,21 @@ def _stop_task(task: asyncio.Task[None] | None) -> None:
             logger.opt(exception=exc).debug("feedback: closing a stranded delivery task failed")
 
 
+async def _wait_all(waiters: list[asyncio.Future[None]], timeout: float | None) -> None:
+    if timeout is not None:
+        check_range("timeout", timeout, lo=0)
+    if not waiters:
+        return
+    if timeout is None:
+        await (waiters[0] if len(waiters) == 1 else asyncio.gather(*waiters))
+        return
+    _done, pending = await asyncio.wait(waiters, timeout=timeout)
+    for fut in pending:
+        fut.cancel()
+    if pending:
+        raise TimeoutError(f"{len(pending)} subscribers did not finish within {timeout} s")
+
+
 def _current_task() -> asyncio.Task[Any] | None:
     return asyncio.current_task() if _running_loop() is not None else None
 
@@ -260,8 +275,11 @@ class FeedbackBus:
             self._dispatch_loop = loop
             loop.call_soon(self._dispatch)
 
-    async def publish(self, event: FeedbackEvent) -> None:
+    async def publish(self, event: FeedbackEvent, *, timeout: float | None = None) -> None:
         """Publish ``event`` and return once every current subscriber has handled it.
+
+        With ``timeout`` (seconds) raise ``TimeoutError`` when that takes longer; the event
+        stays published.
 
         An event coalesced away counts as handled once the later event of the same
         coordinator that superseded it has been. A subscriber publishing from its own
@@ -281,13 +299,13 @@ class FeedbackBus:
                 mailbox.pending.append(_Envelope(event, [fut]))
             self._trim(mailbox)
             self._ensure_delivering(mailbox, loop)
-        if len(waiters) == 1:
-            await waiters[0]
-        elif waiters:
-            await asyncio.gather(*waiters)
+        await _wait_all(waiters, timeout)
 
-    async def flush(self) -> None:
-        """Wait until every event handed to the bus so far has been delivered (or coalesced)."""
+    async def flush(self, *, timeout: float | None = None) -> None:
+        """Wait until every event handed to the bus so far has been delivered (or coalesced).
+
+        With ``timeout`` (seconds) raise ``TimeoutError`` when that takes longer.
+        """
         loop = asyncio.get_running_loop()
         self._dispatch()
         me = asyncio.current_task()
@@ -304,8 +322,7 @@ class FeedbackBus:
             else:
                 continue
             waiters.append(fut)
-        if waiters:
-            await asyncio.gather(*waiters)
+        await _wait_all(waiters, timeout)
 
     def _dispatch(self) -> None:
         """Move inbox events into every mailbox (runs on the loop, not on the producer)."""

@@ -182,6 +182,11 @@ class HttpFeedbackBroadcaster(AsyncStartStop):
         return self._url
 
     @property
+    def transport_key(self) -> tuple[str, str]:
+        """``("webhook", url)``: auto-wiring starts no second broadcaster for the same URL."""
+        return ("webhook", self._url)
+
+    @property
     def timeout(self) -> float:
         """Seconds one POST attempt may take."""
         return self._timeout
