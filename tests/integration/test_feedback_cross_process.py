@@ -157,8 +157,7 @@ def endpoint() -> Iterator[Endpoint]:
 def test_process_configured_only_by_env_posts_every_level_change_signed_once(
     endpoint: Endpoint, processes: list[Child], tmp_path: Path
 ) -> None:
-    """MDS_FB_* alone: every level change and the final 'stopped' OK is POSTed once, signed
-    (checked with the standardwebhooks package), in the order the store emitted them."""
+    """MDS_FB_* alone: every level change and the final 'stopped' POSTed in order, signed, once."""
     env = clean_env(
         MDS_FB_ENABLE_HTTP_BROADCAST="true",
         MDS_FB_FEEDBACK_WEBHOOK_URL=endpoint.url,
@@ -179,9 +178,7 @@ def test_process_configured_only_by_env_posts_every_level_change_signed_once(
 def test_pipeline_process_rate_controller_follows_a_store_process_through_the_receiver(
     processes: list[Child], tmp_path: Path
 ) -> None:
-    """Store by env only, pipeline = examples/run_feedback_receiver.py under uvicorn: each
-    event reaches the pipeline's RateController, which slows on SOFT/HARD and forgets the
-    coordinator on 'stopped'."""
+    """Every store event reaches the uvicorn pipeline's RateController, which slows and resets."""
     pipeline = spawn(
         processes,
         [str(RECEIVER), "--port", "0", "--json", "--exit-after-stopped", "1", "--max-rate", "1000"],

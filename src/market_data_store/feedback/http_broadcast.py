@@ -101,12 +101,19 @@ def _classify_status(status: int) -> str:
 class HttpFeedbackBroadcaster(AsyncStartStop):
     """Forwards feedback events to an HTTP endpoint, fire-and-forget, latest per coordinator.
 
-    ``start()`` subscribes to the bus (``feedback_bus()`` unless ``bus`` is given) and
-    ``stop(timeout)`` unsubscribes, sends what is pending for at most ``timeout`` seconds and
-    closes the client. A stopped broadcaster cannot be started again. ``max_retries`` counts
-    retries after the first attempt; ``backoff_base`` (seconds) is the first retry delay, 0
-    disables waiting (tests). ``max_pending`` bounds how many coordinators can have an event
-    waiting: beyond it the oldest waiting event is dropped.
+    ``url``: the http(s) endpoint; user info and query never appear in logs.
+    ``timeout``: seconds one POST attempt may take (> 0).
+    ``max_retries``: retries after the first attempt at one event (>= 0).
+    ``secret``: a Standard Webhooks secret (``whsec_`` + base64) to sign requests, or None.
+    ``bus``: the bus to subscribe to (``feedback_bus()`` when None).
+    ``backoff_base``: seconds before the first retry, doubling after; 0 disables waiting.
+    ``max_pending``: how many coordinators may have an event waiting; beyond it the oldest
+    waiting event is dropped.
+
+    ``start()`` subscribes to the bus and ``stop(timeout)`` unsubscribes, sends what is
+    pending for at most ``timeout`` seconds and closes the client. A stopped broadcaster
+    cannot be started again. Coordinators start one from ``MDS_FB_*`` settings by themselves
+    (``market_data_store.feedback.autowire``).
     """
 
     def __init__(

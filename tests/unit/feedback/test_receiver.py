@@ -289,8 +289,7 @@ def test_restarted_coordinator_after_stopped_starts_a_new_run(bus: FeedbackBus) 
 
 
 def test_restarted_coordinator_after_a_crash_is_not_ignored(bus: FeedbackBus) -> None:
-    """No 'stopped' (a crash): seq falling back with a later ts starts a new run; an old
-    event delivered late (lower seq, older ts) stays dropped."""
+    """After a crash a lower seq with a later ts starts a new run; a late old event stays out."""
     app = make(bus, secret=None)
     assert app.receive({}, body_of(event(500, ts=NOW - 60))) is not None
     assert app.receive({}, body_of(event(499, ts=NOW - 61))) is None
