@@ -242,7 +242,11 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
             raise CoordinatorNotRunningError(
                 f"coordinator {self._coord_id!r} is {self._state.value}; it cannot be restarted"
             )
-        self._wiring = await autowire.acquire(self._bus_given)  # ConfigError: nothing started
+        wiring = await autowire.acquire(self._bus_given)  # ConfigError: nothing started
+        if self._state is not _State.NEW:  # a concurrent start() got there first
+            await autowire.release(wiring)
+            return
+        self._wiring = wiring
         self._workers = [
             SinkWorker(
                 i,

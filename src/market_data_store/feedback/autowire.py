@@ -150,6 +150,12 @@ async def acquire(bus: FeedbackBus | None) -> Lease | None:
     return Lease(process_bus)
 
 
+async def release(lease: Lease | None, timeout: float = 0.0) -> None:
+    """``lease.release(timeout)`` when there is a lease (None: nothing was acquired)."""
+    if lease is not None:
+        await lease.release(timeout)
+
+
 def active_transports() -> tuple[FeedbackTransport, ...]:
     """The transports auto-wiring has running now (for health checks and tests)."""
     with _WIRING.lock:

@@ -199,3 +199,14 @@ def test_last_stop_on_another_threads_loop_flushes_the_broadcaster_on_its_own_lo
         ("a", "stopped"),
         ("b", "stopped"),
     ]
+
+
+@pytest.mark.usefixtures("enabled")
+async def test_concurrent_starts_of_one_coordinator_take_one_share(httpx_mock: HTTPXMock) -> None:
+    """Two concurrent start() calls: one set of workers, and its stop stops the broadcaster."""
+    httpx_mock.add_response(status_code=204, is_reusable=True)
+    coord = coordinator()
+    await asyncio.gather(coord.start(), coord.start())
+    assert coord.health().workers_alive == 1
+    await coord.stop(timeout=5.0)
+    assert autowire.active_transports() == ()
