@@ -65,6 +65,10 @@ MAX_COORDINATORS = 10_000
 _outcome = metrics.cached_child(metrics.FEEDBACK_RECEIVED, {})
 
 
+class _Disconnected(Exception):
+    """The client went away before its request body was complete."""
+
+
 @dataclass(slots=True)
 class _Run:
     """The last event accepted from one coordinator."""
@@ -279,7 +283,10 @@ class FeedbackReceiver:
             _outcome("too_large").inc()
             await _respond(send, 413)  # not one byte read
             return
-        body = await self._read_body(receive)
+        try:
+            body = await self._read_body(receive)
+        except _Disconnected:
+            return  # nobody is left to answer
         if body is None:
             _outcome("too_large").inc()
             await _respond(send, 413)
@@ -300,7 +307,7 @@ class FeedbackReceiver:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return b"".join(chunks)
+                raise _Disconnected
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self._max_body:

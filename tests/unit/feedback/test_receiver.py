@@ -347,6 +347,21 @@ async def test_streamed_body_over_max_body_gets_413_and_reading_stops(bus: Feedb
     assert answer.status == 413 and answer.messages_read == 5
 
 
+async def test_client_gone_before_the_body_ends_gets_no_answer(bus: FeedbackBus) -> None:
+    """An http.disconnect while reading the body: nothing published, nothing sent."""
+    incoming = iter([{"type": "http.request", "body": b"{", "more_body": True}])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(incoming, {"type": "http.disconnect"})
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await make(bus)({"type": "http", "method": "POST", "headers": []}, receive, send)
+    assert sent == []
+
+
 async def test_lifespan_startup_and_shutdown_are_acknowledged(bus: FeedbackBus) -> None:
     """An ASGI server's lifespan protocol gets startup.complete and shutdown.complete."""
     incoming = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
