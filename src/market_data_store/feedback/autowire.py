@@ -69,6 +69,7 @@ class _Wiring:
     stopping: list[FeedbackTransport] = field(default_factory=list)
     starting: asyncio.Future[None] | None = None
     loop: asyncio.AbstractEventLoop | None = None  # where the transports run
+    generation: int = 0  # bumped when transports left on a closed loop are written off
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -78,10 +79,11 @@ _WIRING = _Wiring()
 class Lease:
     """One coordinator's share of the process-wide transports; ``release`` once at stop."""
 
-    __slots__ = ("_bus", "_released")
+    __slots__ = ("_bus", "_generation", "_released")
 
-    def __init__(self, bus: FeedbackBus) -> None:
+    def __init__(self, bus: FeedbackBus, generation: int) -> None:
         self._bus = bus
+        self._generation = generation
         self._released = False
 
     async def release(self, timeout: float) -> None:
@@ -91,6 +93,8 @@ class Lease:
         self._released = True
         wiring = _WIRING
         with wiring.lock:
+            if self._generation != wiring.generation:
+                return  # its transports were written off with their closed loop
             wiring.users -= 1
             if wiring.users > 0:
                 return
@@ -134,9 +138,18 @@ async def acquire(bus: FeedbackBus | None) -> Lease | None:
             break  # started from another thread's loop: nothing to wait on here
         await asyncio.shield(starting)
     with wiring.lock:
+        if wiring.loop is not None and wiring.loop.is_closed():
+            # Coordinators left running on a loop that closed: nothing of theirs can run
+            # again, so this coordinator starts afresh.
+            logger.warning("feedback auto-wiring: transports left on a closed loop replaced")
+            for dead in wiring.transports:
+                process_bus.unsubscribe(dead)  # type: ignore[arg-type]  # they subscribed
+            wiring.transports, wiring.loop, wiring.users = [], None, 0
+            wiring.generation += 1
         wiring.users += 1
+        generation = wiring.generation
         if wiring.users > 1:
-            return Lease(process_bus)
+            return Lease(process_bus, generation)
         wiring.starting = loop.create_future()
     try:
         wiring.transports = await _start_all(process_bus)
@@ -147,7 +160,7 @@ async def acquire(bus: FeedbackBus | None) -> Lease | None:
         raise
     finally:
         wiring.starting.set_result(None)
-    return Lease(process_bus)
+    return Lease(process_bus, generation)
 
 
 async def release(lease: Lease | None, timeout: float = 0.0) -> None:

@@ -210,3 +210,28 @@ async def test_concurrent_starts_of_one_coordinator_take_one_share(httpx_mock: H
     assert coord.health().workers_alive == 1
     await coord.stop(timeout=5.0)
     assert autowire.active_transports() == ()
+
+
+@pytest.mark.usefixtures("enabled")
+def test_coordinator_left_running_on_a_closed_loop_does_not_disable_the_webhook(
+    httpx_mock: HTTPXMock,
+) -> None:
+    """A coordinator never stopped on a closed loop: the next loop's coordinator still POSTs."""
+    httpx_mock.add_response(status_code=204, is_reusable=True)
+    leaked = coordinator("leaked")
+
+    async def leak() -> None:
+        await leaked.start()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(leak())
+    finally:
+        loop.close()
+
+    async def fresh() -> None:
+        async with coordinator("fresh"):
+            assert len(autowire.active_transports()) == 1
+
+    asyncio.run(fresh())
+    assert ("fresh", "stopped") in [(p["coordinator_id"], p["reason"]) for p in posted(httpx_mock)]
