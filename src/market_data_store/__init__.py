@@ -53,13 +53,16 @@ from market_data_store.errors import (
     CircuitOpenError,
     ConfigError,
     CoordinatorNotRunningError,
+    InvalidFeedbackError,
     MarketDataStoreError,
     PermanentSinkError,
     QueueClosedError,
     QueueFullError,
     RetryableSinkError,
     SinkError,
+    WebhookVerificationError,
 )
+from market_data_store.feedback import FeedbackReceiver
 from market_data_store.sinks import Bar, PostgresBarsSink, SqliteBarsSink
 
 # A library does not decide what an application logs: silent until the application enables it.
@@ -83,9 +86,11 @@ __all__ = [
     "DeadLetterQueue",
     "FeedbackBus",
     "FeedbackEvent",
+    "FeedbackReceiver",
     "FeedbackSettings",
     "FeedbackSubscriber",
     "HttpFeedbackBroadcaster",
+    "InvalidFeedbackError",
     "MarketDataStoreError",
     "PermanentSinkError",
     "PostgresBarsSink",
@@ -98,6 +103,7 @@ __all__ = [
     "SinkError",
     "SqliteBarsSink",
     "UnknownSettingWarning",
+    "WebhookVerificationError",
     "WriteCoordinator",
     "__version__",
     "default_retry_classifier",

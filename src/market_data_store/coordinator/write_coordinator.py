@@ -27,6 +27,7 @@ from market_data_store.coordinator.types import (
     check_range,
 )
 from market_data_store.coordinator.worker import SinkWorker, WriteLedger
+from market_data_store.feedback import autowire
 from market_data_store.feedback.bus import FeedbackBus
 from market_data_store.feedback.events import BackpressureLevel
 
@@ -135,6 +136,8 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         self._stop_deadline = math.inf  # loop time; the earliest any stop() caller asked for
         self._deadline_moved: asyncio.Future[None] | None = None
         self._breaker.on_change = self._on_circuit_change
+        self._bus_given = bus  # None or the process-wide bus: transports auto-wired at start
+        self._wiring: autowire.Lease | None = None
 
     @classmethod
     def from_settings(
@@ -239,6 +242,11 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
             raise CoordinatorNotRunningError(
                 f"coordinator {self._coord_id!r} is {self._state.value}; it cannot be restarted"
             )
+        wiring = await autowire.acquire(self._bus_given)  # ConfigError: nothing started
+        if self._state is not _State.NEW:  # a concurrent start() got there first
+            await autowire.release(wiring)
+            return
+        self._wiring = wiring
         self._workers = [
             SinkWorker(
                 i,
@@ -318,6 +326,8 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         if was_running:
             self._queue.emit_feedback(BackpressureLevel.OK, "stopped")
             metrics.retire(self)
+        if self._wiring is not None:  # the last coordinator flushes and stops the webhook
+            await self._wiring.release(self._stop_deadline - asyncio.get_running_loop().time())
         logger.info("coordinator {} stopped: {}", self._coord_id, self.stats())
 
     async def _wait_for_workers(self) -> None:

@@ -1,203 +1,80 @@
 """The in-process feedback bus: fan-out of ``FeedbackEvent``s to subscribers.
 
-The producer side hands an event to the bus with ``publish_nowait`` (what the queue uses; a
-deque append and at most one ``call_soon``). The bus fans events out on the event loop into
-one mailbox per subscriber, each drained by its own task, so a slow, hung or raising
-subscriber delays nobody else. A mailbox keeps one coordinator's events in emission order;
-when it grows past ``max_backlog`` it coalesces to the latest event per coordinator, so memory
-stays bounded and the latest level is always delivered.
+The producer side hands an event to the bus with ``publish_nowait`` (what the queue uses: a
+locked deque append and at most one ``call_soon`` per loop iteration). The bus fans events
+out on an event loop into one mailbox per subscriber, each drained by its own task, so a
+slow, hung or raising subscriber delays nobody else. A mailbox keeps one coordinator's
+events in emission order; when it grows past ``max_backlog`` it coalesces to the latest
+event per coordinator, so memory stays bounded and the latest level is always delivered.
 
-The bus is not bound to an event loop: delivery tasks run on whichever loop dispatches, and
-work left on a loop that closed (pytest runs one loop per test) is taken over by the next one.
-Delivery is at least once: an event whose delivery was cut short by a loop shutting down is
-delivered again on the next loop (``seq`` lets a receiver spot the repeat).
+Loops and threads: ``subscribe()`` called inside a running loop binds the subscriber to that
+loop; its callback always runs there, whichever thread or loop published (the bus wakes the
+subscriber's loop with ``call_soon_threadsafe``). A subscriber registered outside any loop
+is served by whichever loop dispatches. Every method may be called from any thread. A
+subscriber whose loop has closed (pytest runs one loop per test) is taken over by the next
+loop that dispatches, with the work left on it. Delivery is at least once: an event whose
+delivery was cut short by a loop shutting down is delivered again (``seq`` lets a receiver
+spot the repeat).
+
+A raising subscriber costs the loop a counter increment and a DEBUG log call (with the
+traceback, formatted only if a handler takes DEBUG records of this library), plus at most
+one WARNING line per subscriber per ``WARNING_INTERVAL_SEC``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections import deque
 from collections.abc import Hashable, Iterable
-from typing import Any
 
 from loguru import logger
 
 from market_data_store._validation import check_range
 from market_data_store.feedback import metrics
+from market_data_store.feedback._mailbox import (
+    Envelope,
+    Item,
+    Mailbox,
+    add_waiters,
+    check_async_subscriber,
+    check_timeout,
+    coalesce,
+    event_of,
+    key_of,
+    resolve,
+    running_loop,
+    stop_task,
+    wait_all,
+)
 from market_data_store.feedback.events import FeedbackEvent, FeedbackSubscriber
 
+WARNING_INTERVAL_SEC = 60.0
+"""At most one WARNING line per raising subscriber per this many seconds."""
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-def _set_if_pending(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    """Resolve ``fut`` from any loop; a future whose loop has closed is left alone."""
-    if fut.done():
-        return
-    loop = fut.get_loop()
-    if loop is _running_loop():
-        fut.set_result(None)
-    elif not loop.is_closed():
-        try:
-            loop.call_soon_threadsafe(_set_if_pending, fut)
-        except RuntimeError:  # closed in the meantime: nobody is left to wake
-            pass
-
-
-class _Envelope:
-    """An event in a mailbox with the futures of ``publish``/``flush`` callers awaiting it.
-
-    Mailboxes hold bare ``FeedbackEvent``s; only an event someone waits for is wrapped.
-    """
-
-    __slots__ = ("event", "waiters")
-
-    def __init__(self, event: FeedbackEvent, waiters: list[asyncio.Future[None]]):
-        self.event = event
-        self.waiters = waiters
-
-
-_Item = FeedbackEvent | _Envelope
-
-
-def _event_of(item: _Item) -> FeedbackEvent:
-    return item.event if isinstance(item, _Envelope) else item
-
-
-def _resolve(item: _Item | None) -> None:
-    if isinstance(item, _Envelope):
-        for fut in item.waiters:
-            _wake(fut)
-
-
-def _add_waiters(item: _Item, waiters: list[asyncio.Future[None]]) -> _Envelope:
-    if isinstance(item, _Envelope):
-        item.waiters.extend(waiters)
-        return item
-    return _Envelope(item, waiters)
-
-
-def _coalesce(pending: deque[_Item]) -> list[_Item]:
-    """Keep only the latest item per coordinator, in order; return the items dropped.
-
-    Whoever waits for a dropped item now waits for its coordinator's latest one, which
-    supersedes it.
-    """
-    last_index: dict[str, int] = {}
-    for i, item in enumerate(pending):
-        last_index[_event_of(item).coordinator_id] = i
-    if len(last_index) == len(pending):
-        return []
-    items = list(pending)
-    dropped: list[_Item] = []
-    for i, item in enumerate(items):
-        coordinator_id = _event_of(item).coordinator_id
-        keep_at = last_index[coordinator_id]
-        if keep_at != i:
-            dropped.append(item)
-            if isinstance(item, _Envelope) and item.waiters:
-                items[keep_at] = _add_waiters(items[keep_at], item.waiters)
-    pending.clear()
-    pending.extend(items[i] for i in sorted(last_index.values()))
-    return dropped
-
-
-class _ByIdentity:
-    """Dict key for a subscriber that is not hashable (e.g. a dataclass with ``__call__``)."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: object):
-        self.obj = obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _ByIdentity) and other.obj is self.obj
-
-
-def _key(callback: object) -> Hashable:
-    try:
-        hash(callback)
-    except TypeError:
-        return _ByIdentity(callback)
-    return callback
-
-
-class _Mailbox:
-    """One subscriber's backlog and the task that delivers it.
-
-    ``epoch`` changes whenever the current delivery task is superseded (unsubscribed, loop
-    gone): a superseded task stops at its next step without touching the mailbox.
-    """
-
-    __slots__ = ("callback", "current", "epoch", "name", "pending", "task")
-
-    def __init__(self, callback: FeedbackSubscriber):
-        self.callback = callback
-        self.name: str = getattr(callback, "__qualname__", None) or type(callback).__qualname__
-        self.pending: deque[_Item] = deque()
-        self.current: _Item | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.epoch = 0
-
-    def retire_task(self) -> asyncio.Task[None] | None:
-        """Supersede the delivery task; its in-flight event goes back to the head of the line."""
-        task, self.task = self.task, None
-        self.epoch += 1
-        if self.current is not None:
-            self.pending.appendleft(self.current)
-            self.current = None
-        return task
-
-
-def _stop_task(task: asyncio.Task[None] | None) -> None:
-    """Stop a superseded delivery task, whichever loop it belongs to."""
-    if task is None or task.done() or task is _current_task():
-        return
-    loop = task.get_loop()
-    if loop is _running_loop():
-        task.cancel()
-    elif not loop.is_closed():
-        try:
-            loop.call_soon_threadsafe(task.cancel)
-        except RuntimeError:
-            pass
-    else:  # it can never run again; closing its coroutine spares a "never awaited" warning
-        coro = task.get_coro()
-        try:
-            if coro is not None:
-                coro.close()
-        except RuntimeError as exc:  # the subscriber awaited while being closed
-            logger.opt(exception=exc).debug("feedback: closing a stranded delivery task failed")
-
-
-def _current_task() -> asyncio.Task[Any] | None:
-    return asyncio.current_task() if _running_loop() is not None else None
+_clock = time.monotonic  # replaced by tests
+# Built once: logger.opt() per failure would build a logger each time. exception=True takes
+# sys.exc_info() at the call, only once a handler is known to want the record.
+_debug_with_traceback = logger.opt(exception=True).debug
 
 
 class FeedbackBus:
     """In-process pub/sub for ``FeedbackEvent``s with isolated, ordered, bounded delivery.
 
-    Not thread-safe: call it from the thread that runs the event loop (or with no loop).
+    ``max_backlog``: past this many undelivered events for one subscriber (or in the inbox
+    while no loop runs) the backlog is coalesced to the latest event per coordinator.
+    Safe to use from any thread; see the module docstring for how loops are chosen.
     """
 
     def __init__(self, *, max_backlog: int = 256) -> None:
         check_range("max_backlog", max_backlog, lo=1)
         self._max_backlog = max_backlog
-        self._mailboxes: dict[Hashable, _Mailbox] = {}
+        self._lock = threading.Lock()
+        self._mailboxes: dict[Hashable, Mailbox] = {}
         self._inbox: deque[FeedbackEvent] = deque()
-        self._dispatch_loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled: set[asyncio.AbstractEventLoop] = set()  # loops with a dispatch due
+        self._last_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def subscriber_count(self) -> int:
@@ -210,153 +87,213 @@ class FeedbackBus:
         return self._max_backlog
 
     def subscribe(self, callback: FeedbackSubscriber) -> None:
-        """Register ``callback``; subscribing the same callable twice changes nothing."""
-        if not callable(callback):
-            raise TypeError(f"subscriber must be an async callable, got {callback!r}")
-        key = _key(callback)
-        if key not in self._mailboxes:
-            self._mailboxes[key] = _Mailbox(callback)
-            metrics.FEEDBACK_SUBSCRIBERS.inc()
+        """Register ``callback`` (idempotent); inside a running loop, bind it to that loop.
+
+        ``TypeError`` for anything but an async callable (a plain ``def`` function included).
+        """
+        check_async_subscriber(callback)
+        key = key_of(callback)
+        loop = running_loop()
+        with self._lock:
+            if key in self._mailboxes:
+                return
+            self._mailboxes[key] = Mailbox(callback, loop)
+            if loop is not None and (self._last_loop is None or self._last_loop.is_closed()):
+                self._last_loop = loop  # off-loop publishers get a loop to dispatch on
+        metrics.FEEDBACK_SUBSCRIBERS.inc()
 
     def unsubscribe(self, callback: FeedbackSubscriber) -> None:
         """Remove ``callback``; its undelivered events are discarded. No-op if absent.
 
         A delivery to it in progress is cancelled, unless ``callback`` is unsubscribing itself.
         """
-        mailbox = self._mailboxes.pop(_key(callback), None)
-        if mailbox is None:
-            return
+        with self._lock:
+            mailbox = self._mailboxes.pop(key_of(callback), None)
+            if mailbox is None:
+                return
+            mailbox.subscribed = False
+            task = mailbox.retire_task()
+            dropped = list(mailbox.pending)
+            mailbox.pending.clear()
         metrics.FEEDBACK_SUBSCRIBERS.dec()
-        task = mailbox.retire_task()
-        for item in mailbox.pending:
-            _resolve(item)
-        mailbox.pending.clear()
-        _stop_task(task)
+        for item in dropped:
+            resolve(item)
+        stop_task(task)
 
     def subscribers(self) -> Iterable[FeedbackSubscriber]:
         """A snapshot of the registered subscribers."""
-        return tuple(mailbox.callback for mailbox in self._mailboxes.values())
+        with self._lock:
+            return tuple(mailbox.callback for mailbox in self._mailboxes.values())
 
     def backlog(self, callback: FeedbackSubscriber) -> int:
         """How many events wait for delivery to ``callback`` (0 if it is not subscribed)."""
-        mailbox = self._mailboxes.get(_key(callback))
+        mailbox = self._mailboxes.get(key_of(callback))
         return len(mailbox.pending) if mailbox is not None else 0
 
     def publish_nowait(self, event: FeedbackEvent) -> None:
         """Hand ``event`` to the bus without waiting for any subscriber (the producer path).
 
-        Outside a running loop the event is kept (bounded, coalesced) until the bus next
-        dispatches inside one.
+        Safe from any thread. Outside a running loop the event is dispatched on the loop
+        that dispatched last, if it still runs; otherwise it is kept (bounded, coalesced)
+        until the bus next dispatches.
         """
-        inbox = self._inbox
-        inbox.append(event)
-        if len(inbox) > self._max_backlog:
-            self._coalesce_inbox()
+        with self._lock:
+            inbox = self._inbox
+            inbox.append(event)
+            if len(inbox) > self._max_backlog:
+                self._coalesce_inbox()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
+            self._dispatch_elsewhere()
             return
-        if self._dispatch_loop is not loop:
-            self._dispatch_loop = loop
+        if loop not in self._scheduled:
+            self._scheduled.add(loop)
             loop.call_soon(self._dispatch)
 
-    async def publish(self, event: FeedbackEvent) -> None:
+    async def publish(self, event: FeedbackEvent, *, timeout: float | None = None) -> None:
         """Publish ``event`` and return once every current subscriber has handled it.
 
         An event coalesced away counts as handled once the later event of the same
         coordinator that superseded it has been. A subscriber publishing from its own
-        callback is not waited for (it would wait for itself).
+        callback is not waited for (it would wait for itself). With ``timeout`` (seconds),
+        ``TimeoutError`` when handling takes longer; the event stays published.
         """
+        check_timeout(timeout)
         loop = asyncio.get_running_loop()
         self._dispatch()  # events handed over earlier go first
         metrics.count_feedback_event(event.coordinator_id, event.level.value)
         me = asyncio.current_task()
         waiters: list[asyncio.Future[None]] = []
-        for mailbox in list(self._mailboxes.values()):
-            if me is not None and mailbox.task is me:
-                mailbox.pending.append(event)
-            else:
-                fut = loop.create_future()
-                waiters.append(fut)
-                mailbox.pending.append(_Envelope(event, [fut]))
-            self._trim(mailbox)
-            self._ensure_delivering(mailbox, loop)
-        if len(waiters) == 1:
-            await waiters[0]
-        elif waiters:
-            await asyncio.gather(*waiters)
+        with self._lock:
+            mailboxes = list(self._mailboxes.values())
+            for mailbox in mailboxes:
+                if me is not None and mailbox.task is me:
+                    mailbox.pending.append(event)
+                else:
+                    fut = loop.create_future()
+                    waiters.append(fut)
+                    mailbox.pending.append(Envelope(event, [fut]))
+                self._trim(mailbox)
+        for mailbox in mailboxes:
+            self._route(mailbox, loop)
+        await wait_all(waiters, timeout)
 
-    async def flush(self) -> None:
-        """Wait until every event handed to the bus so far has been delivered (or coalesced)."""
+    async def flush(self, *, timeout: float | None = None) -> None:
+        """Wait until every event handed to the bus so far has been delivered (or coalesced).
+
+        With ``timeout`` (seconds), ``TimeoutError`` when that takes longer.
+        """
+        check_timeout(timeout)
         loop = asyncio.get_running_loop()
         self._dispatch()
         me = asyncio.current_task()
         waiters: list[asyncio.Future[None]] = []
-        for mailbox in list(self._mailboxes.values()):
-            if me is not None and mailbox.task is me:
-                continue
-            self._ensure_delivering(mailbox, loop)
-            fut = loop.create_future()
-            if mailbox.pending:
-                mailbox.pending[-1] = _add_waiters(mailbox.pending[-1], [fut])
-            elif mailbox.current is not None:
-                mailbox.current = _add_waiters(mailbox.current, [fut])
-            else:
-                continue
-            waiters.append(fut)
-        if waiters:
-            await asyncio.gather(*waiters)
+        with self._lock:
+            mailboxes = [m for m in self._mailboxes.values() if me is None or m.task is not me]
+            for mailbox in mailboxes:
+                fut = loop.create_future()
+                if mailbox.pending:
+                    mailbox.pending[-1] = add_waiters(mailbox.pending[-1], [fut])
+                elif mailbox.current is not None:
+                    mailbox.current = add_waiters(mailbox.current, [fut])
+                else:
+                    continue
+                waiters.append(fut)
+        for mailbox in mailboxes:
+            self._route(mailbox, loop)
+        await wait_all(waiters, timeout)
+
+    # -- dispatch: inbox -> mailboxes -> delivery tasks on the right loops ----------------
+
+    def _dispatch_elsewhere(self) -> None:
+        """Called off-loop: have the loop that dispatched last (if it runs) dispatch."""
+        loop = self._last_loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return
+        if loop not in self._scheduled:
+            self._scheduled.add(loop)
+            try:
+                loop.call_soon_threadsafe(self._dispatch)
+            except RuntimeError:  # closed in the meantime
+                self._scheduled.discard(loop)
 
     def _dispatch(self) -> None:
-        """Move inbox events into every mailbox (runs on the loop, not on the producer)."""
-        self._dispatch_loop = None
-        inbox = self._inbox
-        if not inbox:
-            return
+        """Move inbox events into every mailbox (runs on a loop, not on the producer)."""
         loop = asyncio.get_running_loop()
-        events = list(inbox)
-        inbox.clear()
+        self._scheduled.discard(loop)  # before taking the inbox: a later append reschedules
+        self._last_loop = loop
+        with self._lock:
+            inbox = self._inbox
+            if not inbox:
+                return
+            events = list(inbox)
+            inbox.clear()
+            mailboxes = list(self._mailboxes.values())
+            for mailbox in mailboxes:
+                mailbox.pending.extend(events)
+                self._trim(mailbox)
         for event in events:
             metrics.count_feedback_event(event.coordinator_id, event.level.value)
-        for mailbox in list(self._mailboxes.values()):
-            mailbox.pending.extend(events)
-            self._trim(mailbox)
-            self._ensure_delivering(mailbox, loop)
+        for mailbox in mailboxes:
+            self._route(mailbox, loop)
 
-    def _trim(self, mailbox: _Mailbox) -> None:
-        if len(mailbox.pending) > self._max_backlog:
-            dropped = _coalesce(mailbox.pending)
-            if dropped:
-                metrics.FEEDBACK_COALESCED.inc(len(dropped))
+    def _route(self, mailbox: Mailbox, loop: asyncio.AbstractEventLoop) -> None:
+        """Get ``mailbox`` delivered: here, or on the loop it is bound to (woken thread-safely)."""
+        with self._lock:
+            target = mailbox.loop
+            if target is not None and target is not loop:
+                if not target.is_closed():
+                    if mailbox.kicked:
+                        return
+                    try:
+                        target.call_soon_threadsafe(self._kick, mailbox, target)
+                    except RuntimeError:  # closed in the meantime
+                        pass
+                    else:
+                        mailbox.kicked = True
+                        return
+                mailbox.loop = loop  # its loop is gone: this one takes the subscriber over
+                mailbox.kicked = False
+        self._ensure_delivering(mailbox, loop)
 
-    def _coalesce_inbox(self) -> None:
-        # Events dropped before fan-out were still published: count them as such.
-        dropped = _coalesce(self._inbox)  # type: ignore[arg-type]  # holds bare events only
-        for item in dropped:
-            event = _event_of(item)
-            metrics.count_feedback_event(event.coordinator_id, event.level.value)
-        if dropped:
-            metrics.FEEDBACK_COALESCED.inc(len(dropped))
-
-    def _ensure_delivering(self, mailbox: _Mailbox, loop: asyncio.AbstractEventLoop) -> None:
-        task = mailbox.task
-        if task is not None and not task.done():
-            if task.get_loop() is loop:
+    def _kick(self, mailbox: Mailbox, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            mailbox.kicked = False
+            if mailbox.loop is not loop:  # taken over meanwhile: the other loop delivers
                 return
-            # Stranded on a loop that closed (or stopped): this loop takes its work over.
-            _stop_task(mailbox.retire_task())
-        if mailbox.pending:
-            mailbox.epoch += 1
-            mailbox.task = loop.create_task(
-                self._deliver(mailbox, mailbox.epoch), name=f"feedback:{mailbox.name}"
-            )
+        self._ensure_delivering(mailbox, loop)
 
-    async def _deliver(self, mailbox: _Mailbox, epoch: int) -> None:
-        pending = mailbox.pending
-        while mailbox.epoch == epoch and pending:
-            item = mailbox.current = pending.popleft()
+    def _ensure_delivering(self, mailbox: Mailbox, loop: asyncio.AbstractEventLoop) -> None:
+        """Start a delivery task on ``loop`` (the running one) unless one is already at work."""
+        stranded = None
+        with self._lock:
+            task = mailbox.task
+            if task is not None and not task.done():
+                task_loop = task.get_loop()
+                if task_loop is loop or (task_loop.is_running() and not task_loop.is_closed()):
+                    return  # it drains the mailbox before it ends
+                stranded = mailbox.retire_task()  # its loop stopped or closed: take over
+            if mailbox.pending and mailbox.subscribed:
+                mailbox.epoch += 1
+                mailbox.task = loop.create_task(
+                    self._deliver(mailbox, mailbox.epoch), name=f"feedback:{mailbox.name}"
+                )
+        stop_task(stranded)
+
+    async def _deliver(self, mailbox: Mailbox, epoch: int) -> None:
+        lock = self._lock
+        callback = mailbox.callback
+        while True:
+            with lock:
+                if mailbox.epoch != epoch:
+                    return
+                if not mailbox.pending:
+                    mailbox.task = None  # under the lock: a later append starts a new task
+                    return
+                item = mailbox.current = mailbox.pending.popleft()
             try:
-                await mailbox.callback(_event_of(item))
+                await callback(event_of(item))
             except Exception as exc:
                 self._subscriber_failed(mailbox, item, exc)
             except asyncio.CancelledError as exc:
@@ -368,29 +305,61 @@ class FeedbackBus:
             except BaseException:
                 self._interrupted(mailbox, epoch)
                 raise
-            if mailbox.epoch != epoch:
-                return  # superseded while the subscriber ran: the item is no longer ours
-            done, mailbox.current = mailbox.current, None
-            _resolve(done)
+            with lock:
+                if mailbox.epoch != epoch:
+                    return  # superseded while the subscriber ran: the item is no longer ours
+                done, mailbox.current = mailbox.current, None
+            resolve(done)
 
-    def _interrupted(self, mailbox: _Mailbox, epoch: int) -> None:
+    def _interrupted(self, mailbox: Mailbox, epoch: int) -> None:
         """This delivery task is being cancelled (loop shutdown): keep its event for the next."""
-        if mailbox.epoch == epoch:
-            mailbox.retire_task()
+        with self._lock:
+            if mailbox.epoch == epoch:
+                mailbox.retire_task()
 
-    def _subscriber_failed(self, mailbox: _Mailbox, item: _Item, exc: BaseException) -> None:
-        metrics.FEEDBACK_SUBSCRIBER_ERRORS.labels(subscriber=mailbox.name).inc()
-        logger.opt(exception=exc).warning(
-            "feedback subscriber {} raised on {}", mailbox.name, _event_of(item)
-        )
+    def _subscriber_failed(self, mailbox: Mailbox, item: Item, exc: BaseException) -> None:
+        """Count and log a subscriber's exception; called inside the ``except`` block."""
+        mailbox.errors.inc()
+        _debug_with_traceback("feedback subscriber {} raised on {}", mailbox.name, event_of(item))
+        mailbox.failures_unreported += 1
+        now = _clock()
+        if now - mailbox.warned_at >= WARNING_INTERVAL_SEC:
+            logger.warning(
+                "feedback subscriber {} raised {}: {} ({} times since the last warning; "
+                "tracebacks at DEBUG)",
+                mailbox.name,
+                type(exc).__name__,
+                exc,
+                mailbox.failures_unreported,
+            )
+            mailbox.warned_at = now
+            mailbox.failures_unreported = 0
+
+    def _trim(self, mailbox: Mailbox) -> None:
+        if len(mailbox.pending) > self._max_backlog:
+            dropped = coalesce(mailbox.pending)
+            if dropped:
+                metrics.FEEDBACK_COALESCED.inc(len(dropped))
+
+    def _coalesce_inbox(self) -> None:
+        # Events dropped before fan-out were still published: count them as such.
+        dropped = coalesce(self._inbox)  # type: ignore[arg-type]  # holds bare events only
+        for item in dropped:
+            event = event_of(item)
+            metrics.count_feedback_event(event.coordinator_id, event.level.value)
+        if dropped:
+            metrics.FEEDBACK_COALESCED.inc(len(dropped))
 
 
 _bus: FeedbackBus | None = None
+_bus_lock = threading.Lock()
 
 
 def feedback_bus() -> FeedbackBus:
     """The process-wide bus that queues publish to when given no other."""
     global _bus
     if _bus is None:
-        _bus = FeedbackBus()
+        with _bus_lock:
+            if _bus is None:
+                _bus = FeedbackBus()
     return _bus

@@ -28,6 +28,19 @@ class FeedbackEvent:
     ts: float = field(default_factory=time.time)
     seq: int = 0
 
+    @classmethod
+    def create(
+        cls,
+        coordinator_id: str,
+        queue_size: int,
+        capacity: int,
+        level: BackpressureLevel | str,
+        reason: str | None = None,
+    ) -> FeedbackEvent:
+        """An event stamped now with ``seq`` 0 (the plan's constructor); ``level`` may be
+        a ``BackpressureLevel`` or its value (``"ok"``, ``"soft"``, ``"hard"``)."""
+        return cls(coordinator_id, queue_size, capacity, BackpressureLevel(level), reason)
+
     @property
     def utilization(self) -> float:
         """queue_size / capacity, 0.0 when capacity is 0."""

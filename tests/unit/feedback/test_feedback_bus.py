@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 import uuid
 from collections import defaultdict
@@ -671,3 +672,134 @@ def test_max_backlog_below_one_is_rejected() -> None:
     with pytest.raises(ConfigError, match="max_backlog"):
         FeedbackBus(max_backlog=0)
     assert issubclass(ConfigError, ValueError)
+
+
+# --- subscribers must be async (issue 13 item 5) ---------------------------------------------
+
+
+def plain(event: FeedbackEvent) -> None:
+    """A sync function: what subscribe() must refuse."""
+
+
+class SyncCall:
+    def __call__(self, event: FeedbackEvent) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "callback",
+    [plain, lambda event: None, SyncCall(), functools.partial(plain)],
+    ids=["def", "lambda", "sync __call__", "partial of def"],
+)
+def test_subscribe_rejects_a_sync_callable_saying_make_it_async_def(callback: object) -> None:
+    """A plain function (or object with a sync __call__) is a TypeError telling to use async def."""
+    bus = FeedbackBus()
+    with pytest.raises(TypeError, match="async def"):
+        bus.subscribe(callback)  # type: ignore[arg-type]
+    assert bus.subscriber_count == 0
+
+
+async def test_subscribe_accepts_async_callables_of_every_shape() -> None:
+    """async def functions, bound methods, async __call__ objects and partials all subscribe."""
+
+    async def with_tag(tag: str, event: FeedbackEvent) -> None:
+        got.append(tag)
+
+    got: list[str] = []
+    rec = Recorder()
+    bus = FeedbackBus()
+    for callback in (rec, rec.on_event, functools.partial(with_tag, "partial")):
+        bus.subscribe(callback)
+    await bus.publish(ev("a", 1), timeout=DEADLINE)
+    assert bus.subscriber_count == 3
+    assert len(rec.events) == 2 and got == ["partial"]
+
+
+# --- raising subscribers: counted, DEBUG traceback, one WARNING a minute ----------------------
+
+
+async def test_raising_subscriber_warns_once_a_minute_and_logs_each_traceback_at_debug(
+    log_messages: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 failures: 20 counted, 20 DEBUG tracebacks, 1 WARNING; one more WARNING after 60 s."""
+    from loguru import logger
+
+    from market_data_store.feedback import bus as bus_module
+
+    now = [1000.0]
+    monkeypatch.setattr(bus_module, "_clock", lambda: now[0])
+    debug: list[str] = []
+    handler = logger.add(
+        lambda m: debug.append(str(m)),
+        level="DEBUG",
+        format="{message}\n{exception}",
+        filter=lambda r: r["level"].name == "DEBUG",
+    )
+
+    async def failing_subscriber(event: FeedbackEvent) -> None:
+        raise RuntimeError(f"bad {event.seq}")
+
+    bus = FeedbackBus()
+    bus.subscribe(failing_subscriber)
+    labels = {"subscriber": failing_subscriber.__qualname__}
+    errors = sample("mds_feedback_subscriber_errors_total", labels)
+    try:
+        for seq in range(1, 21):
+            await bus.publish(ev("a", seq), timeout=DEADLINE)
+        now[0] += 61.0
+        await bus.publish(ev("a", 21), timeout=DEADLINE)
+    finally:
+        logger.remove(handler)
+    assert sample("mds_feedback_subscriber_errors_total", labels) == errors + 21
+    warnings = [m for m in log_messages if m.startswith("WARNING") and "failing_subscriber" in m]
+    assert len(warnings) == 2
+    assert "RuntimeError: bad 1 (1 times" in warnings[0]
+    assert "RuntimeError: bad 21 (20 times" in warnings[1]
+    assert len(debug) == 21
+    assert all("Traceback" in d and "RuntimeError" in d for d in debug)
+
+
+# --- timeouts -----------------------------------------------------------------------------------
+
+
+async def test_publish_and_flush_with_timeout_raise_timeout_error_on_a_hung_subscriber() -> None:
+    """publish(timeout=) and flush(timeout=) give up with TimeoutError; the bus keeps working."""
+    bus = FeedbackBus()
+    hang = asyncio.Event()
+    rec = Recorder()
+
+    async def hung(event: FeedbackEvent) -> None:
+        await hang.wait()
+
+    bus.subscribe(hung)
+    bus.subscribe(rec)
+    with pytest.raises(TimeoutError):
+        await bus.publish(ev("a", 1), timeout=0.05)
+    with pytest.raises(TimeoutError):
+        await bus.flush(timeout=0.05)
+    assert rec.seqs == [1]
+    hang.set()
+    await bus.flush(timeout=DEADLINE)
+
+
+@pytest.mark.parametrize("timeout", [-1.0, float("nan")])
+async def test_publish_and_flush_reject_a_bad_timeout(timeout: float) -> None:
+    """A negative or NaN timeout is a ConfigError naming timeout."""
+    bus = FeedbackBus()
+    with pytest.raises(ConfigError, match="timeout"):
+        await bus.publish(ev("a", 1), timeout=timeout)
+    with pytest.raises(ConfigError, match="timeout"):
+        await bus.flush(timeout=timeout)
+
+
+def test_feedback_event_create_stamps_now_and_accepts_a_level_string() -> None:
+    """FeedbackEvent.create(id, size, capacity, level, reason) builds the event the plan shows."""
+    before = time.time()
+    event = FeedbackEvent.create("bars", 90, 100, "hard", reason="queue_full")
+    after = time.time()
+    assert (event.coordinator_id, event.queue_size, event.capacity) == ("bars", 90, 100)
+    assert event.level is BackpressureLevel.HARD and event.reason == "queue_full"
+    assert event.seq == 0 and before <= event.ts <= after
+    assert FeedbackEvent.create("q", 1, 2, BackpressureLevel.OK).reason is None
+    with pytest.raises(ValueError):
+        FeedbackEvent.create("q", 1, 2, "panic")
