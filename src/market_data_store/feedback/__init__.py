@@ -3,6 +3,8 @@
 - ``events``: ``BackpressureLevel``, ``FeedbackEvent``, ``FeedbackSubscriber``
 - ``bus``: ``FeedbackBus`` and the process-wide ``feedback_bus()``
 - ``http_broadcast``: ``HttpFeedbackBroadcaster`` (POSTs events to a webhook; extra ``feedback``)
+- ``redis_transport``: ``RedisFeedbackPublisher`` / ``RedisFeedbackListener`` (events across
+  hosts on Redis; extra ``redis``)
 - ``rate_controller``: ``RateController`` (turns events into an allowed rate for a producer)
 - ``settings``: ``FeedbackSettings`` (``MDS_FB_*``)
 """
@@ -11,6 +13,10 @@ from market_data_store.feedback.bus import FeedbackBus, feedback_bus
 from market_data_store.feedback.events import BackpressureLevel, FeedbackEvent, FeedbackSubscriber
 from market_data_store.feedback.http_broadcast import HttpFeedbackBroadcaster
 from market_data_store.feedback.rate_controller import RateController
+from market_data_store.feedback.redis_transport import (
+    RedisFeedbackListener,
+    RedisFeedbackPublisher,
+)
 from market_data_store.feedback.settings import FeedbackSettings
 
 __all__ = [
@@ -21,5 +27,7 @@ __all__ = [
     "FeedbackSubscriber",
     "HttpFeedbackBroadcaster",
     "RateController",
+    "RedisFeedbackListener",
+    "RedisFeedbackPublisher",
     "feedback_bus",
 ]
