@@ -2,13 +2,14 @@
 metrics and outage reporting. Imports nothing from the ``redis`` package.
 
 The newer-event rule (``is_newer``), applied by the publisher's Lua script to the hash and by
-every listener to what it republishes: an event replaces the last one kept for its
-coordinator when its ``seq`` is higher **or** its ``ts`` is later. Within one life of a
-coordinator ``seq`` and ``ts`` rise together, so this is plain ``seq`` order; a restarted
-coordinator (after a ``stopped`` event or a crash) starts ``seq`` again from 1 but stamps a
-later ``ts``, so its first event is recognised as newer. A repeat (same ``seq`` and ``ts``) or
-an older event of the same life is stale. Clocks of the hosts are assumed to agree (NTP) to
-better than the time a coordinator takes to restart.
+every listener to what it republishes: events of one coordinator are ordered by ``(ts, seq)``,
+the creation time first and ``seq`` between events stamped in the same instant. Within one
+life of a coordinator ``ts`` and ``seq`` rise together, so this is ``seq`` order and a repeat
+or an older ``seq`` is stale. A restarted coordinator (after its ``stopped`` event or a crash)
+starts ``seq`` again from 1 with a later ``ts``, so its events are newer, and a straggler of
+the old life arriving afterwards (higher ``seq``, earlier ``ts``) is stale. This assumes the
+clocks of the store hosts agree (NTP) to better than the time a coordinator takes to
+restart; a clock stepped backwards holds a coordinator's events back until it has caught up.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ for i = 2, #ARGV do
   if current then
     local ok, last = pcall(cjson.decode, current)
     if ok and type(last) == 'table' and tonumber(last.seq) and tonumber(last.ts) then
-      newer = event.seq > tonumber(last.seq) or event.ts > tonumber(last.ts)
+      local ts = tonumber(last.ts)
+      newer = event.ts > ts or (event.ts == ts and event.seq > tonumber(last.seq))
     end
   end
   if newer then
@@ -74,7 +76,9 @@ return written
 
 def is_newer(event: FeedbackEvent, last: FeedbackEvent | None) -> bool:
     """Whether ``event`` supersedes ``last`` of the same coordinator (module docstring)."""
-    return last is None or event.seq > last.seq or event.ts > last.ts
+    if last is None or event.ts > last.ts:
+        return True
+    return event.ts == last.ts and event.seq > last.seq
 
 
 def latest_key(channel: str) -> str:
