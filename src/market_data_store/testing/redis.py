@@ -40,9 +40,7 @@ def find_redis_server() -> str:
         "redis-server", path="/usr/local/bin:/usr/bin:/usr/sbin"
     )
     if found is None:
-        raise RedisUnavailableError(
-            "redis-server is not installed (apt-get install redis-server)"
-        )
+        raise RedisUnavailableError("redis-server is not installed (apt-get install redis-server)")
     return found
 
 
