@@ -11,6 +11,11 @@ each with one store process (a ``RedisFeedbackPublisher`` on its bus) and one pi
            10,000/s from 100 for 30 s). RSS growth in both processes from the end of the
            first tenth of the run (warm-up) to the end (goal: < 20 MB each), and every
            coordinator's latest level at the pipeline equal to the store's at the end.
+  submit   ``WriteCoordinator.submit()`` throughput (``--submit-items`` items into a no-op
+           sink, many level changes) with the publisher's Redis up, down (nothing listens)
+           and hung (SIGSTOP), each run in a fresh event loop, the order alternating over
+           ``--rounds`` rounds; the figure is the median per-round ratio to "up", with min
+           and max (goal: > 0.9 while Redis is down or hung).
 
     python benchmarks/bench_redis.py [--seconds 30] [--redis-url redis://127.0.0.1:6379/0]
 """
@@ -29,8 +34,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from loguru import logger
 from prometheus_client import REGISTRY
 
+from market_data_store.coordinator import WriteCoordinator
 from market_data_store.feedback import (
     BackpressureLevel,
     FeedbackBus,
@@ -40,6 +47,7 @@ from market_data_store.feedback import (
 )
 
 P99_GOAL_MS = 10.0
+SUBMIT_RATIO_GOAL = 0.9
 RSS_GOAL_MB = 20.0
 LEVELS = list(BackpressureLevel)
 FINAL = "final"
@@ -188,6 +196,67 @@ async def pipeline_load(args: argparse.Namespace) -> None:
     )
 
 
+class NullSink:
+    """Accepts every batch at once."""
+
+    async def write(self, batch: Any) -> None:
+        return None
+
+
+async def submit_run(url: str, items: int) -> tuple[float, int]:
+    """Items/s through ``submit()`` with a publisher to ``url`` on the bus; events emitted."""
+    bus = FeedbackBus()
+    events = 0
+
+    async def count(event: FeedbackEvent) -> None:
+        nonlocal events
+        events += 1
+
+    bus.subscribe(count)
+    coordinator: WriteCoordinator[int] = WriteCoordinator(
+        sink=NullSink(), capacity=200, workers=2, batch_size=50, coord_id="submit", bus=bus
+    )
+    publisher = RedisFeedbackPublisher(url, channel=f"mds:bench:{uuid.uuid4().hex[:8]}", bus=bus)
+    async with publisher, coordinator:
+        started = time.perf_counter()
+        for item in range(items):
+            await coordinator.submit(item)
+        elapsed = time.perf_counter() - started
+        await publisher.stop(timeout=0.1)
+    return items / elapsed, events
+
+
+def submit_ratios(args: argparse.Namespace) -> bool:
+    from market_data_store.testing.postgres import free_port
+    from market_data_store.testing.redis import RedisServer
+
+    with RedisServer() as hung_server:
+        hung_server.pause()
+        urls = {
+            "up": args.redis_url,
+            "down": f"redis://127.0.0.1:{free_port()}/0",
+            "hung": hung_server.url,
+        }
+        rounds: list[dict[str, tuple[float, int]]] = []
+        for round_no in range(args.rounds):
+            order = list(urls) if round_no % 2 == 0 else list(reversed(urls))
+            rounds.append({v: asyncio.run(submit_run(urls[v], args.submit_items)) for v in order})
+        hung_server.resume()
+    ok = True
+    up = statistics.median(r["up"][0] for r in rounds)
+    print(f"submit   {args.submit_items} items x {args.rounds} rounds; Redis up: {up:,.0f} items/s")
+    for variant in ("down", "hung"):
+        ratios = [r[variant][0] / r["up"][0] for r in rounds]
+        median = statistics.median(ratios)
+        events = statistics.median(r[variant][1] for r in rounds)
+        ok &= median > SUBMIT_RATIO_GOAL
+        print(
+            f"         Redis {variant}: {median:.2f}x of up (min {min(ratios):.2f}, max "
+            f"{max(ratios):.2f}), {events:,.0f} level events a run (goal > {SUBMIT_RATIO_GOAL})"
+        )
+    return ok
+
+
 ROLES = {
     "store-latency": store_latency,
     "pipeline-latency": pipeline_latency,
@@ -252,6 +321,7 @@ def conduct(args: argparse.Namespace) -> int:
     )
     print(f"         latest level correct for {len(truth) - len(wrong)}/{len(truth)} coordinators")
     ok &= not wrong and max(store["rss_growth_mb"], pipe["rss_growth_mb"]) < RSS_GOAL_MB
+    ok &= submit_ratios(args)
     print("within goals" if ok else "OUTSIDE goals")
     return 0 if ok else 1
 
@@ -263,12 +333,15 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=10_000, help="events/s in the load phase")
     parser.add_argument("--coordinators", type=int, default=100)
     parser.add_argument("--latency-events", type=int, default=2000)
+    parser.add_argument("--submit-items", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--role", choices=sorted(ROLES), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--channel", default="mds:bench", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    logger.remove()  # the library logs nothing unless asked; the figures are the output
     if not 0 < args.seconds <= 3600:
         parser.error(f"--seconds must be in (0, 3600], got {args.seconds}")
-    for name in ("rate", "coordinators", "latency_events"):
+    for name in ("rate", "coordinators", "latency_events", "submit_items", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.role is not None:
