@@ -1,44 +1,62 @@
-"""What handing a FeedbackEvent to the bus costs the producer, with 0, 1 and 10 subscribers.
+"""What a FeedbackEvent costs: the producer's hand-over, the loop's fan-out, and the trip to
+a pipeline process.
 
-Measured inside a running event loop, as the queue calls it. Two producer patterns:
+Producer and loop (default): variants ``1 sub`` (one no-op subscriber), ``10 subs`` and
+``1 raising`` (one subscriber raising on every event), each run in a fresh event loop, in an
+order that alternates from round to round (paired rounds on a shared machine). Per round and
+variant: ``producer`` is the median cost of one ``publish_nowait`` (one per loop turn, as the
+queue calls it, less the cost of reading the clock); ``loop`` is the fan-out per event,
+dispatch plus every subscriber called, timed until ``flush()`` returns, in bursts. Printed:
+min / median / max over the rounds, and per round the ratio of the raising subscriber's loop
+cost to the healthy one's. The library's logging is as it ships (disabled) unless
+``--log-level`` enables it with a handler at that level. Budget (DESIGN.md section 7): the
+producer pays < 5 us.
 
-  single  one ``publish_nowait`` per loop turn (each call also schedules the dispatch);
-          every call is timed on its own, less the cost of reading the clock
-  burst   ``--burst`` calls back to back in one turn (the dispatch is scheduled once)
+Cross-process (``--cross-process``): starts ``examples/run_feedback_receiver.py`` (uvicorn,
+``FeedbackReceiver``, ``RateController``) in another process, enables this process's webhook
+by ``MDS_FB_*`` variables only, emits ``--emissions`` level changes from a running
+coordinator, ``--gap-ms`` apart, and prints p50 / p99 of the time from emission (the
+event's ``ts``) to the pipeline's ``RateController``. Goal: p99 < 20 ms.
 
-The fan-out runs later on the loop and is not charged to the producer; it is reported too,
-per event: ``dispatch`` (inbox -> every mailbox, metrics counted) and ``delivered`` (dispatch
-plus every no-op subscriber called, timed until ``flush()`` returns). Figures are the median
-over ``--repeat`` runs. Budget (DESIGN.md section 7): < 5 us to the producer.
-
-    python benchmarks/bench_feedback.py [--events 20000] [--burst 200] [--repeat 7]
+    python benchmarks/bench_feedback.py [--rounds 7] [--events 20000]
+    python benchmarks/bench_feedback.py --cross-process [--emissions 300]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import gc
+import json
+import os
+import secrets
 import statistics
+import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from pathlib import Path
+
+from loguru import logger
 
 from market_data_store.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
 
 BUDGET_US = 5.0
-SUBSCRIBER_COUNTS = (0, 1, 10)
 COORDINATORS = ("bench-a", "bench-b", "bench-c")
 LEVELS = (BackpressureLevel.SOFT, BackpressureLevel.HARD, BackpressureLevel.OK)
-
-
-@dataclass
-class Figures:
-    """Median microseconds per event for one subscriber count."""
-
-    single_us: float
-    burst_us: float
-    dispatch_us: float
-    delivered_us: float
+VARIANTS = ("1 sub", "10 subs", "1 raising")
+RECEIVER = Path(__file__).resolve().parents[1] / "examples" / "run_feedback_receiver.py"
+RECEIVER_ARGS = (
+    "--port",
+    "0",
+    "--quiet",
+    "--json",
+    "--max-rate",
+    "1e5",
+    "--exit-after-stopped",
+    "1",
+)
 
 
 def make_events(n: int) -> list[FeedbackEvent]:
@@ -48,14 +66,18 @@ def make_events(n: int) -> list[FeedbackEvent]:
     ]
 
 
-def make_bus(subscribers: int, max_backlog: int) -> FeedbackBus:
+def make_bus(variant: str, max_backlog: int) -> FeedbackBus:
     bus = FeedbackBus(max_backlog=max_backlog)
-    for _ in range(subscribers):
+    count = 10 if variant == "10 subs" else 1
+    for _ in range(count):
 
         async def noop(event: FeedbackEvent) -> None:
             return None
 
-        bus.subscribe(noop)
+        async def raising(event: FeedbackEvent) -> None:
+            raise RuntimeError("subscriber bug")
+
+        bus.subscribe(raising if variant == "1 raising" else noop)
     return bus
 
 
@@ -69,7 +91,7 @@ def clock_overhead_ns(samples: int = 20_000) -> float:
     return statistics.median(deltas)
 
 
-async def single_run(bus: FeedbackBus, events: list[FeedbackEvent], overhead_ns: float) -> float:
+async def producer_ns(bus: FeedbackBus, events: list[FeedbackEvent], overhead_ns: float) -> float:
     """Median ns of one publish_nowait per loop turn, each call timed alone."""
     clock = time.perf_counter_ns
     publish = bus.publish_nowait
@@ -83,79 +105,135 @@ async def single_run(bus: FeedbackBus, events: list[FeedbackEvent], overhead_ns:
     return max(statistics.median(costs) - overhead_ns, 0.0)
 
 
-async def burst_run(
-    bus: FeedbackBus, events: list[FeedbackEvent], burst: int
-) -> tuple[float, float, float]:
-    """ns per event: publish_nowait in bursts, then the dispatch, then dispatch + delivery."""
+async def loop_ns(bus: FeedbackBus, events: list[FeedbackEvent], burst: int) -> float:
+    """ns per event of dispatch plus delivery to every subscriber, in bursts."""
     clock = time.perf_counter_ns
     publish = bus.publish_nowait
-    produce = dispatch = deliver = 0
+    total = 0
     for start in range(0, len(events), burst):
-        chunk = events[start : start + burst]
-        t0 = clock()
-        for event in chunk:
+        for event in events[start : start + burst]:
             publish(event)
-        t1 = clock()
-        bus._dispatch()  # what the scheduled call_soon does, timed on its own
-        t2 = clock()
-        await bus.flush()  # the subscribers' tasks run now
-        t3 = clock()
-        produce += t1 - t0
-        dispatch += t2 - t1
-        deliver += t3 - t1
-    n = len(events)
-    return produce / n, dispatch / n, deliver / n
+        t0 = clock()
+        await bus.flush()
+        total += clock() - t0
+    return total / len(events)
 
 
-async def measure(subscribers: int, args: argparse.Namespace, overhead_ns: float) -> Figures:
+def one_run(variant: str, args: argparse.Namespace, overhead_ns: float) -> tuple[float, float]:
+    """(producer us, loop us) of one variant in a fresh event loop."""
     events = make_events(args.events)
-    single, burst, dispatch, delivered = [], [], [], []
-    for _ in range(args.repeat):
-        # max_backlog above the burst: measure the fan-out, not coalescing
-        bus = make_bus(subscribers, max_backlog=args.burst * 2)
+
+    async def go() -> tuple[float, float]:
+        bus = make_bus(variant, max_backlog=args.burst * 2)  # fan-out, not coalescing
         gc.collect()
-        single.append(await single_run(bus, events, overhead_ns))
-        produce_ns, dispatch_ns, deliver_ns = await burst_run(bus, events, args.burst)
-        burst.append(produce_ns)
-        dispatch.append(dispatch_ns)
-        delivered.append(deliver_ns)
-        for callback in list(bus.subscribers()):
-            bus.unsubscribe(callback)
-    med = statistics.median
-    return Figures(
-        med(single) / 1000, med(burst) / 1000, med(dispatch) / 1000, med(delivered) / 1000
-    )
+        producer = await producer_ns(bus, events, overhead_ns)
+        fan_out = await loop_ns(bus, events, args.burst)
+        return producer / 1000, fan_out / 1000
+
+    return asyncio.run(go())
 
 
-async def run(args: argparse.Namespace) -> dict[int, Figures]:
+def spread(values: Sequence[float]) -> str:
+    return f"{min(values):7.3f} {statistics.median(values):7.3f} {max(values):7.3f}"
+
+
+def in_process(args: argparse.Namespace) -> None:
     overhead_ns = clock_overhead_ns()
-    await measure(1, argparse.Namespace(**{**vars(args), "repeat": 1}), overhead_ns)  # warm-up
-    return {subs: await measure(subs, args, overhead_ns) for subs in SUBSCRIBER_COUNTS}
+    one_run("1 sub", argparse.Namespace(**{**vars(args), "events": 2000}), overhead_ns)  # warm
+    producer: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    fan_out: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for round_no in range(args.rounds):
+        order = VARIANTS if round_no % 2 == 0 else tuple(reversed(VARIANTS))
+        for variant in order:
+            p, f = one_run(variant, args, overhead_ns)
+            producer[variant].append(p)
+            fan_out[variant].append(f)
+    print(f"{args.rounds} paired rounds x {args.events} events; us per event, min median max")
+    print(f"{'variant':<10} {'producer':>23}   {'loop (fan-out)':>23}")
+    ok = True
+    for variant in VARIANTS:
+        ok = ok and statistics.median(producer[variant]) < BUDGET_US
+        print(f"{variant:<10} {spread(producer[variant])}   {spread(fan_out[variant])}")
+    ratios = [r / h for r, h in zip(fan_out["1 raising"], fan_out["1 sub"], strict=True)]
+    print(f"loop cost, raising / healthy subscriber per round: {spread(ratios)}")
+    verdict = "within" if ok else "OVER"
+    print(f"producer cost {verdict} the {BUDGET_US:g} us budget (median of every variant)")
+
+
+async def emit_through_webhook(emissions: int, gap_ms: float) -> None:
+    """Run a coordinator auto-wired by MDS_FB_*; emit level changes ``gap_ms`` apart."""
+    from market_data_store.coordinator import WriteCoordinator
+
+    class NullSink:
+        async def write(self, batch: Sequence[int]) -> None:
+            return None
+
+    coordinator: WriteCoordinator[int] = WriteCoordinator(sink=NullSink(), coord_id="bench")
+    async with coordinator:
+        for i in range(emissions):
+            coordinator.queue.emit_feedback(LEVELS[i % 3])  # the queue's own emission path
+            await asyncio.sleep(gap_ms / 1000)  # apart, so the outbox coalesces none
+
+
+def cross_process(args: argparse.Namespace) -> None:
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MDS_")}
+    env["MDS_FB_WEBHOOK_SECRET"] = secret
+    pipeline = subprocess.Popen(
+        [sys.executable, str(RECEIVER), *RECEIVER_ARGS],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert pipeline.stdout is not None
+        url = pipeline.stdout.readline().strip().removeprefix("listening on ")
+        os.environ.update(
+            MDS_FB_ENABLE_HTTP_BROADCAST="true",
+            MDS_FB_FEEDBACK_WEBHOOK_URL=url,
+            MDS_FB_WEBHOOK_SECRET=secret,
+        )
+        asyncio.run(emit_through_webhook(args.emissions, args.gap_ms))
+        output, _ = pipeline.communicate(timeout=30)
+    finally:
+        if pipeline.poll() is None:
+            pipeline.kill()
+            pipeline.wait()
+    arrived = [
+        line["latency_ms"]
+        for line in map(json.loads, output.splitlines())
+        if "event" in line and line["event"]["reason"] != "stopped"
+    ]
+    first, latencies = arrived[0], sorted(arrived[1:])  # the first one opens the connection
+    p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
+    print(
+        f"store -> webhook -> FeedbackReceiver -> RateController, {len(arrived)} events of "
+        f"{args.emissions} emitted: p50 {statistics.median(latencies):.2f} ms, "
+        f"p99 {p99:.2f} ms, max {latencies[-1]:.2f} ms (goal p99 < 20 ms); "
+        f"the first, opening the connection: {first:.2f} ms"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7, help="paired rounds")
     parser.add_argument("--events", type=int, default=20_000, help="events per run")
-    parser.add_argument("--burst", type=int, default=200, help="calls per loop turn in burst")
-    parser.add_argument("--repeat", type=int, default=7, help="runs; the median is reported")
+    parser.add_argument("--burst", type=int, default=200, help="events per fan-out burst")
+    parser.add_argument("--log-level", default=None, help="enable library logging at this level")
+    parser.add_argument("--cross-process", action="store_true")
+    parser.add_argument("--emissions", type=int, default=300)
+    parser.add_argument("--gap-ms", type=float, default=10.0)
     args = parser.parse_args()
-
-    results = asyncio.run(run(args))
-    print(f"publish_nowait: {args.events} events x {args.repeat} runs, median (us per event)")
-    print(
-        f"{'subscribers':>11} {'single':>9} {'burst':>9} {'dispatch':>10} {'delivered':>10}"
-        f"   producer budget < {BUDGET_US:g} us"
-    )
-    ok = True
-    for subs, fig in results.items():
-        worst = max(fig.single_us, fig.burst_us)
-        verdict = "ok" if worst < BUDGET_US else "OVER"
-        ok = ok and worst < BUDGET_US
-        print(
-            f"{subs:>11} {fig.single_us:>9.3f} {fig.burst_us:>9.3f} {fig.dispatch_us:>10.3f}"
-            f" {fig.delivered_us:>10.3f}   {verdict}"
-        )
-    print("producer cost within budget" if ok else "producer cost OVER budget")
+    logger.remove()
+    if args.log_level:
+        logger.add(sys.stderr, level=args.log_level)
+        logger.enable("market_data_store")
+    else:
+        logger.disable("market_data_store")  # as the library ships
+    if args.cross_process:
+        cross_process(args)
+    else:
+        in_process(args)
 
 
 if __name__ == "__main__":

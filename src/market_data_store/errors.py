@@ -8,6 +8,8 @@ Every error the library raises on purpose derives from ``MarketDataStoreError``:
     ├── QueueClosedError                    put on a queue that was closed
     ├── CoordinatorNotRunningError          submit() before start() or after stop()
     ├── CircuitOpenError                    the circuit breaker refuses a call
+    ├── WebhookVerificationError (also ValueError)  a received webhook is not authentic
+    ├── InvalidFeedbackError (also ValueError)      a received webhook is not a valid event
     └── SinkError                           raised by sinks
         ├── RetryableSinkError              transient: retry the same batch
         └── PermanentSinkError              the batch can never succeed: dead-letter it
@@ -38,6 +40,15 @@ class CoordinatorNotRunningError(MarketDataStoreError):
 
 class CircuitOpenError(MarketDataStoreError):
     """The circuit breaker is open and refuses the call."""
+
+
+class WebhookVerificationError(MarketDataStoreError, ValueError):
+    """A received webhook failed Standard Webhooks verification: missing or malformed
+    headers, a timestamp outside the tolerance, or no matching signature (HTTP 401)."""
+
+
+class InvalidFeedbackError(MarketDataStoreError, ValueError):
+    """A received webhook body is not a valid ``FeedbackEvent`` (HTTP 400)."""
 
 
 class SinkError(MarketDataStoreError):

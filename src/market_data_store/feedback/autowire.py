@@ -75,6 +75,7 @@ class _Wiring:
     transports: list[FeedbackTransport] = field(default_factory=list)
     stopping: list[FeedbackTransport] = field(default_factory=list)
     starting: asyncio.Future[None] | None = None
+    loop: asyncio.AbstractEventLoop | None = None  # where the transports run
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -101,9 +102,22 @@ class Lease:
             if wiring.users > 0:
                 return
             transports, wiring.transports = wiring.transports, []
+            home, wiring.loop = wiring.loop, None
             wiring.stopping.extend(transports)
+        timeout = max(0.0, timeout)
         try:
-            await _stop_all(self._bus, transports, max(0.0, timeout))
+            if home is None or home is asyncio.get_running_loop():
+                await _stop_all(self._bus, transports, timeout)
+            elif home.is_running():  # started by a coordinator on another thread's loop
+                stopping = asyncio.run_coroutine_threadsafe(
+                    _stop_all(self._bus, transports, timeout), home
+                )
+                await asyncio.wait([asyncio.wrap_future(stopping)], timeout=timeout + 1.0)
+            else:
+                logger.warning(
+                    "feedback auto-wiring: the loop running the transports has stopped; "
+                    "their last events are not sent"
+                )
         finally:
             with wiring.lock:
                 for transport in transports:
@@ -133,6 +147,7 @@ async def acquire(bus: FeedbackBus | None) -> Lease | None:
         wiring.starting = loop.create_future()
     try:
         wiring.transports = await _start_all(process_bus)
+        wiring.loop = loop
     except BaseException:
         with wiring.lock:
             wiring.users -= 1

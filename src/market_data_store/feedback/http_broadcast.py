@@ -32,6 +32,7 @@ from market_data_store.feedback.settings import (
     FeedbackSettings,
     check_webhook_url,
     decode_webhook_secret,
+    redact_url,
 )
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ BACKOFF_CAP = 30.0
 """Longest wait (seconds) between two attempts at one event."""
 CLOSE_GRACE = 1.0
 """Seconds ``stop()`` allows the HTTP client to close its connections."""
+MAX_RESPONSE_BYTES = 4096
+"""At most this much of a response body is read; the rest is never downloaded."""
 
 _RETRYABLE = frozenset({"server_error", "timeout", "connection_error"})
 
@@ -98,12 +101,19 @@ def _classify_status(status: int) -> str:
 class HttpFeedbackBroadcaster(AsyncStartStop):
     """Forwards feedback events to an HTTP endpoint, fire-and-forget, latest per coordinator.
 
-    ``start()`` subscribes to the bus (``feedback_bus()`` unless ``bus`` is given) and
-    ``stop(timeout)`` unsubscribes, sends what is pending for at most ``timeout`` seconds and
-    closes the client. A stopped broadcaster cannot be started again. ``max_retries`` counts
-    retries after the first attempt; ``backoff_base`` (seconds) is the first retry delay, 0
-    disables waiting (tests). ``max_pending`` bounds how many coordinators can have an event
-    waiting: beyond it the oldest waiting event is dropped.
+    ``url``: the http(s) endpoint; user info and query never appear in logs.
+    ``timeout``: seconds one POST attempt may take (> 0).
+    ``max_retries``: retries after the first attempt at one event (>= 0).
+    ``secret``: a Standard Webhooks secret (``whsec_`` + base64) to sign requests, or None.
+    ``bus``: the bus to subscribe to (``feedback_bus()`` when None).
+    ``backoff_base``: seconds before the first retry, doubling after; 0 disables waiting.
+    ``max_pending``: how many coordinators may have an event waiting; beyond it the oldest
+    waiting event is dropped.
+
+    ``start()`` subscribes to the bus and ``stop(timeout)`` unsubscribes, sends what is
+    pending for at most ``timeout`` seconds and closes the client. A stopped broadcaster
+    cannot be started again. Coordinators start one from ``MDS_FB_*`` settings by themselves
+    (``market_data_store.feedback.autowire``).
     """
 
     def __init__(
@@ -128,6 +138,7 @@ class HttpFeedbackBroadcaster(AsyncStartStop):
         check_range("max_pending", max_pending, lo=1)
         self._key = _decode_secret(secret)
         self._url = url
+        self._shown_url = redact_url(url)  # for log lines: no credentials, no query
         self._timeout = float(timeout)
         self._max_retries = max_retries
         self._backoff_base = float(backoff_base)
@@ -270,7 +281,10 @@ class HttpFeedbackBroadcaster(AsyncStartStop):
                 _dropped("stopped").inc()
                 raise
             except Exception as exc:  # the sender must outlive any bug in one delivery
-                logger.opt(exception=exc).warning("feedback webhook: delivery of {} failed", event)
+                # No traceback: its frames would show the URL, credentials and all.
+                logger.warning(
+                    "feedback webhook: delivery of {} failed: {}", event, type(exc).__name__
+                )
 
     async def _deliver(self, event: FeedbackEvent) -> None:
         body = json.dumps(event.to_dict(), separators=(",", ":")).encode()
@@ -313,17 +327,23 @@ class HttpFeedbackBroadcaster(AsyncStartStop):
             headers["webhook-signature"] = sign_webhook(self._key, msg_id, timestamp, body)
         try:
             # httpx's timeout bounds each phase; this bounds the whole attempt.
-            async with asyncio.timeout(self._timeout):
-                response = await self._client.post(self._url, content=body, headers=headers)
+            async with (
+                asyncio.timeout(self._timeout),
+                self._client.stream("POST", self._url, content=body, headers=headers) as response,
+            ):
+                await _read_at_most(response, MAX_RESPONSE_BYTES)
+                status = response.status_code
         except (TimeoutError, httpx.TimeoutException):
             return "timeout"
         except httpx.TransportError as exc:
-            logger.debug("feedback webhook: {} to {}", type(exc).__name__, self._url)
+            logger.debug("feedback webhook: {} to {}", type(exc).__name__, self._shown_url)
             return "connection_error"
-        except Exception as exc:
-            logger.opt(exception=exc).debug("feedback webhook: POST to {} failed", self._url)
+        except Exception as exc:  # no traceback: it would show the URL with its credentials
+            logger.debug(
+                "feedback webhook: POST to {} failed: {}", self._shown_url, type(exc).__name__
+            )
             return "error"
-        return _classify_status(response.status_code)
+        return _classify_status(status)
 
     async def _close_client(self) -> None:
         client, self._client = self._client, None
@@ -334,6 +354,16 @@ class HttpFeedbackBroadcaster(AsyncStartStop):
                 await client.aclose()
         except TimeoutError:
             logger.debug("feedback webhook: client did not close within {} s", CLOSE_GRACE)
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> None:
+    """Read up to ``limit`` bytes of the body (a small one completes, keeping the connection
+    reusable); a larger or endless one is cut off when the response closes."""
+    received = 0
+    async for chunk in response.aiter_raw():
+        received += len(chunk)
+        if received >= limit:
+            return
 
 
 def _check_url(url: object) -> None:

@@ -26,6 +26,12 @@ WEBHOOK_DROPPED = Counter(
     "mds_feedback_webhook_dropped", "Webhook events given up on or superseded", ["reason"]
 )
 
+FEEDBACK_RECEIVED = Counter(
+    "mds_feedback_received",
+    "Webhook deliveries handled by FeedbackReceiver, by outcome",
+    ["outcome"],
+)
+
 
 def cached_child(metric: Any, cache: dict[tuple[str, ...], Any]) -> Callable[..., Any]:
     """Return a ``labels(*values)`` that caches children (labels() takes a lock each call)."""

@@ -59,17 +59,39 @@ class FeedbackSettings(MdsSettings):
 
 
 def check_webhook_url(name: str, url: str) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``url`` is an http(s) URL with a host."""
+    """Raise ``ValueError`` naming ``name`` unless ``url`` can work as a webhook endpoint.
+
+    It must be an http:// or https:// URL with a host, a port (if given) in 1..65535, and no
+    whitespace or control character anywhere. The message shows the URL without credentials.
+    """
+    shown = repr(redact_url(url))
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise ValueError(f"{name} must not contain whitespace or control characters, got {shown}")
     try:
         parts = urlsplit(url)
         host = parts.hostname
-    except ValueError:  # e.g. an unclosed IPv6 bracket
-        host = None
-    else:
-        if parts.scheme not in ("http", "https"):
-            host = None
-    if not host:
-        raise ValueError(f"{name} must be an http:// or https:// URL with a host, got {url!r}")
+        port = parts.port
+    except ValueError:  # an unclosed IPv6 bracket, a port that is not a number in 0..65535
+        raise ValueError(
+            f"{name} must be an http(s) URL with a valid host and a port in 1..65535, got {shown}"
+        ) from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError(f"{name} must be an http:// or https:// URL with a host, got {shown}")
+    if port == 0:
+        raise ValueError(f"{name} must have a port in 1..65535, got {shown}")
+
+
+def redact_url(url: str) -> str:
+    """``url`` as it may appear in a log line or an error: user info and query replaced."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    path, question, _query = path.partition("?")
+    shown = f"{scheme}{sep}{authority}{slash}{path}" + ("?***" if question else "")
+    return shown.encode("ascii", "backslashreplace").decode("ascii")
 
 
 def decode_webhook_secret(name: str, secret: str) -> bytes:

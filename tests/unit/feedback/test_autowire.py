@@ -157,3 +157,45 @@ async def test_stop_flush_is_bounded_by_the_stop_timeout(httpx_mock: HTTPXMock) 
     await coord.start()
     await asyncio.wait_for(coord.stop(timeout=0.3), timeout=5.0)
     assert autowire.active_transports() == ()
+
+
+@pytest.mark.usefixtures("enabled")
+def test_last_stop_on_another_threads_loop_flushes_the_broadcaster_on_its_own_loop(
+    httpx_mock: HTTPXMock,
+) -> None:
+    """Started on thread A's loop, stopped last on thread B's: both 'stopped' events POSTed."""
+    import threading
+
+    httpx_mock.add_response(status_code=204, is_reusable=True)
+    a_started, b_stopped = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    async def on_a() -> None:
+        coord = coordinator("a")
+        await coord.start()
+        a_started.set()
+        await coord.stop(timeout=5.0)  # not the last: the broadcaster keeps running
+        await asyncio.to_thread(b_stopped.wait, 5.0)  # keep this loop up for B's flush
+
+    async def on_b() -> None:
+        await asyncio.to_thread(a_started.wait, 5.0)
+        async with coordinator("b"):
+            pass
+        b_stopped.set()
+
+    def run(main: object) -> None:
+        try:
+            asyncio.run(main)  # type: ignore[arg-type]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(m(),)) for m in (on_a, on_b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10.0)
+    assert errors == []
+    assert sorted((p["coordinator_id"], p["reason"]) for p in posted(httpx_mock)) == [
+        ("a", "stopped"),
+        ("b", "stopped"),
+    ]

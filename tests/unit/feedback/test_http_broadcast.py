@@ -383,6 +383,14 @@ async def test_events_outside_running_state_are_ignored(bus: FeedbackBus) -> Non
         ({"url": "hooks.test/feedback"}, "url"),
         ({"url": "http://:8080/x"}, "url"),
         ({"url": "http://[::1/x"}, "url"),
+        ({"url": "http://hooks.test:99999/x"}, "url"),
+        ({"url": "http://hooks.test:-1/x"}, "url"),
+        ({"url": "http://hooks.test:0/x"}, "url"),
+        ({"url": "http://hooks.test/x\r\nX-Injected: 1"}, "url"),
+        ({"url": "http://hooks.test/a b"}, "url"),
+        ({"url": " http://hooks.test/x"}, "url"),
+        ({"url": "http://hooks.test/\x00x"}, "url"),
+        ({"url": "http://hooks.test/x\x7f"}, "url"),
         ({"timeout": 0}, "timeout"),
         ({"timeout": -1.0}, "timeout"),
         ({"timeout": float("nan")}, "timeout"),
@@ -533,3 +541,49 @@ def test_default_timeout_is_two_seconds_and_three_retries() -> None:
     """Built without options, the broadcaster gives each POST 2 s and retries 3 times."""
     built = HttpFeedbackBroadcaster(URL, bus=FeedbackBus())
     assert (built.timeout, built.max_retries) == (2.0, 3)
+
+
+PASSWORD = "pa55-w0rd-never-logged"
+TOKEN = "query-t0ken-never-logged"
+
+
+@pytest.mark.parametrize(
+    "bad_url",
+    [
+        f"http://alice:{PASSWORD}@hooks.test:99999/x?token={TOKEN}",
+        f"ftp://alice:{PASSWORD}@hooks.test/x?token={TOKEN}",
+        f"http://alice:{PASSWORD}@hooks.test/x y?token={TOKEN}",
+    ],
+)
+def test_bad_url_errors_name_the_argument_and_variable_without_credentials(
+    bad_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """A bad URL's ConfigError names url / MDS_FB_FEEDBACK_WEBHOOK_URL, never its password."""
+    with pytest.raises(ConfigError, match=r"\burl\b") as by_argument:
+        HttpFeedbackBroadcaster(bad_url, bus=FeedbackBus())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MDS_FB_ENABLE_HTTP_BROADCAST", "true")
+    monkeypatch.setenv("MDS_FB_FEEDBACK_WEBHOOK_URL", bad_url)
+    with pytest.raises(ConfigError, match="MDS_FB_FEEDBACK_WEBHOOK_URL") as by_variable:
+        FeedbackSettings()
+    for message in (str(by_argument.value), str(by_variable.value)):
+        assert PASSWORD not in message and TOKEN not in message
+
+
+async def test_credentials_in_the_url_reach_no_log_line_at_debug(bus: FeedbackBus) -> None:
+    """Connection errors and failures logged at DEBUG show the URL without password or query."""
+    records: list[str] = []
+    handler = logger.add(
+        lambda m: records.append(str(m)), level="DEBUG", format="{message} {exception}"
+    )
+    url = f"http://alice:{PASSWORD}@127.0.0.1:9/hook?token={TOKEN}"  # port 9: nobody listens
+    caster = HttpFeedbackBroadcaster(url, bus=bus, max_retries=1, backoff_base=0.0)
+    gave_up = dropped("gave_up")
+    try:
+        async with caster:
+            await bus.publish(make_event())
+            await wait_until(lambda: dropped("gave_up") > gave_up)
+    finally:
+        logger.remove(handler)
+    assert any("127.0.0.1:9" in r for r in records)
+    assert not [r for r in records if PASSWORD in r or TOKEN in r]
