@@ -19,13 +19,14 @@ import math
 import random
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from loguru import logger
 from prometheus_client import Counter, Gauge
 
 from market_data_store.errors import ConfigError
 from market_data_store.feedback.events import BackpressureLevel, FeedbackEvent
+from market_data_store.feedback.settings import redact_url
 
 DEFAULT_CHANNEL = "mds:feedback"
 MAX_CHANNEL_LEN = 256
@@ -121,20 +122,6 @@ def _int_field(data: dict[str, Any], name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer")
     return value
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``: safe for log lines."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "<unparseable Redis URL>"
-    if password is None:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
 
 
 def check_redis_url(name: str, url: object) -> None:

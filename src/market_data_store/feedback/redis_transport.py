@@ -46,12 +46,11 @@ from market_data_store.feedback._redis_wire import (
     encode_event,
     is_newer,
     latest_key,
-    redact_url,
     require_redis_package,
 )
 from market_data_store.feedback.bus import FeedbackBus, feedback_bus
 from market_data_store.feedback.events import FeedbackEvent
-from market_data_store.feedback.settings import FeedbackSettings
+from market_data_store.feedback.settings import FeedbackSettings, redact_url
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -185,7 +184,7 @@ class RedisFeedbackPublisher(AsyncStartStop):
 
     @property
     def url(self) -> str:
-        """The Redis URL with its password replaced by ``***``."""
+        """The Redis URL with its user info replaced by ``***``."""
         return redact_url(self._url)
 
     @property
@@ -419,7 +418,7 @@ class RedisFeedbackListener(AsyncStartStop):
 
     @property
     def url(self) -> str:
-        """The Redis URL with its password replaced by ``***``."""
+        """The Redis URL with its user info replaced by ``***``."""
         return redact_url(self._url)
 
     @property

@@ -273,7 +273,7 @@ def test_redis_settings_build_both_transports(monkeypatch: pytest.MonkeyPatch) -
     listener = RedisFeedbackListener.from_settings()
     assert publisher is not None and listener is not None
     assert publisher.channel == listener.channel == "prod:feedback"
-    assert publisher.url == listener.url == "redis://u:***@10.0.0.5:6380/2"
+    assert publisher.url == listener.url == "redis://***@10.0.0.5:6380/2"
 
 
 def test_without_the_redis_package_construction_says_to_install_the_extra(
