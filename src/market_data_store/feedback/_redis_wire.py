@@ -18,14 +18,14 @@ import json
 import math
 import random
 import time
-from typing import Any
 from urllib.parse import urlsplit
 
 from loguru import logger
 from prometheus_client import Counter, Gauge
 
 from market_data_store.errors import ConfigError
-from market_data_store.feedback.events import BackpressureLevel, FeedbackEvent
+from market_data_store.feedback.events import FeedbackEvent
+from market_data_store.feedback.receiver import parse_event
 from market_data_store.feedback.settings import redact_url
 
 DEFAULT_CHANNEL = "mds:feedback"
@@ -93,35 +93,9 @@ def encode_event(event: FeedbackEvent) -> str:
 
 
 def decode_event(raw: bytes | str) -> FeedbackEvent:
-    """Parse a payload written by ``encode_event``; ``ValueError`` when it is not one."""
-    data = json.loads(raw)
-    if not isinstance(data, dict):
-        raise ValueError("payload is not a JSON object")
-    coordinator_id = data.get("coordinator_id")
-    reason = data.get("reason")
-    ts = data.get("ts")
-    if not isinstance(coordinator_id, str) or not coordinator_id:
-        raise ValueError("coordinator_id must be a non-empty string")
-    if reason is not None and not isinstance(reason, str):
-        raise ValueError("reason must be a string or null")
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-        raise ValueError("ts must be a finite number")
-    return FeedbackEvent(
-        coordinator_id,
-        _int_field(data, "queue_size"),
-        _int_field(data, "capacity"),
-        BackpressureLevel(data.get("level")),
-        reason,
-        float(ts),
-        _int_field(data, "seq"),
-    )
-
-
-def _int_field(data: dict[str, Any], name: str) -> int:
-    value = data.get(name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer")
-    return value
+    """Parse a payload written by ``encode_event`` (the webhook receiver's parser);
+    ``ValueError`` (``InvalidFeedbackError``) when it is not one."""
+    return parse_event(raw.encode() if isinstance(raw, str) else raw)
 
 
 def check_redis_url(name: str, url: object) -> None:
