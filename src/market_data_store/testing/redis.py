@@ -45,7 +45,11 @@ def find_redis_server() -> str:
 
 
 class RedisServer:
-    """One throwaway server: ``with RedisServer() as server: server.url``."""
+    """One throwaway server: ``with RedisServer() as server: server.url``.
+
+    ``binary``: the ``redis-server`` to run (default: found on PATH).
+    ``port``: the port on 127.0.0.1 (default: a free one, picked again if taken at start).
+    """
 
     def __init__(self, *, binary: str | None = None, port: int | None = None) -> None:
         self._binary = binary

@@ -44,8 +44,7 @@ def finish(procs: list[subprocess.Popen[str]]) -> list[str]:
 def test_every_level_change_of_two_stores_reaches_two_pipelines_in_seq_order(
     redis_server: RedisServer, channel: str
 ) -> None:
-    """Two store processes, two pipeline processes: each pipeline gets every event of each
-    store, none missing, none repeated, in seq order."""
+    """Each of two pipeline processes gets every event of two store processes, in seq order."""
     common = ["--redis-url", redis_server.url, "--channel", channel, "--json", "--cycles", "3"]
     pipelines = [
         spawn_demo("--role", "pipeline", "--stores", ",".join(STORES), *common) for _ in range(2)
@@ -71,8 +70,7 @@ def test_every_level_change_of_two_stores_reaches_two_pipelines_in_seq_order(
 
 
 def test_demo_shows_both_stores_levels_in_the_pipeline(redis_server: RedisServer) -> None:
-    """The demo (its own throwaway redis-server) exits 0 within 15 s, and its pipeline saw
-    both stores go HARD and stop."""
+    """The demo exits 0 within 15 s; its pipeline saw both stores go HARD and stop."""
     proc = spawn_demo("--timeout", "12")
     out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, out + err

@@ -64,8 +64,7 @@ async def fill_to_hard(coordinator: WriteCoordinator[int]) -> None:
 async def test_listeners_have_the_latest_level_within_3s_of_a_redis_restart(
     redis_server: RedisServer, channel: str
 ) -> None:
-    """Redis killed mid-run while levels keep changing, then restarted empty: within 3 s
-    each listener holds each coordinator's latest event."""
+    """Redis killed mid-run and restarted empty: each listener has the latest levels within 3 s."""
     url, store_bus = redis_server.url, FeedbackBus()
     buses = [FeedbackBus(), FeedbackBus()]
     recorders = [Recorder(bus) for bus in buses]
@@ -100,8 +99,7 @@ async def test_listeners_have_the_latest_level_within_3s_of_a_redis_restart(
 async def test_listener_started_after_hard_gets_hard_within_1s(
     redis_server: RedisServer, channel: str
 ) -> None:
-    """A coordinator reaches HARD; a listener started afterwards has HARD in its bus within
-    1 s of being started."""
+    """A listener started after a coordinator reached HARD has HARD within 1 s of starting."""
     store_bus, late_bus = FeedbackBus(), FeedbackBus()
     sink = GatedSink()
     coordinator: WriteCoordinator[int] = WriteCoordinator(
@@ -131,8 +129,7 @@ async def test_listener_started_after_hard_gets_hard_within_1s(
 async def test_restarted_coordinator_replaces_its_stopped_entry(
     redis_server: RedisServer, channel: str
 ) -> None:
-    """A coordinator stops and one with the same id starts again (seq from 1): the hash and
-    the listener take the new life's events instead of dropping them as stale."""
+    """A coordinator restarted with seq from 1 replaces its stopped run in the hash and listener."""
     store_bus, pipeline_bus = FeedbackBus(), FeedbackBus()
     recorder = Recorder(pipeline_bus)
     url = redis_server.url
@@ -164,8 +161,7 @@ async def test_restarted_coordinator_replaces_its_stopped_entry(
 async def test_idle_publisher_refills_the_hash_of_a_restarted_redis(
     redis_server: RedisServer, channel: str
 ) -> None:
-    """Redis restarts empty while no level changes: the publisher writes the current level
-    again, so a listener started after the restart still learns it."""
+    """An idle publisher refills a restarted Redis's hash, so a later listener learns the level."""
     store_bus, late_bus = FeedbackBus(), FeedbackBus()
     hard = event("steady", 7, BackpressureLevel.HARD)
     recorder = Recorder(late_bus)
@@ -182,8 +178,7 @@ async def test_idle_publisher_refills_the_hash_of_a_restarted_redis(
 async def test_one_warning_per_outage_and_the_connected_gauge(
     redis_server: RedisServer, channel: str, log_messages: list[str]
 ) -> None:
-    """Two outages of many failed attempts each: two WARNING lines per client, not one per
-    attempt or event, and mds_feedback_redis_connected drops to 0 and comes back."""
+    """Two outages give two WARNINGs per client, and the connected gauge drops and comes back."""
     store_bus, bus = FeedbackBus(), FeedbackBus()
     publisher = RedisFeedbackPublisher(redis_server.url, channel=channel, bus=store_bus, **FAST)
     listener = RedisFeedbackListener(redis_server.url, channel=channel, bus=bus, **FAST)
@@ -212,9 +207,7 @@ async def test_one_warning_per_outage_and_the_connected_gauge(
 async def test_submit_never_waits_on_a_hung_redis_and_the_outbox_stays_bounded(
     redis_server: RedisServer, channel: str
 ) -> None:
-    """With Redis frozen (SIGSTOP, commands hang), a coordinator submits and drains 20,000
-    items through thousands of level changes while the publisher writes nothing, and its
-    outbox never exceeds max_pending."""
+    """With Redis frozen, 20,000 submits complete and the publisher's outbox stays bounded."""
     store_bus = FeedbackBus()
     publisher = RedisFeedbackPublisher(
         redis_server.url, channel=channel, bus=store_bus, max_pending=256, socket_timeout=3600
@@ -244,17 +237,34 @@ async def test_submit_never_waits_on_a_hung_redis_and_the_outbox_stays_bounded(
     redis_server.resume()
 
 
-async def test_env_alone_starts_one_redis_publisher_for_all_coordinators(
+@pytest.fixture
+def redis_env(
     redis_server: RedisServer, channel: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """MDS_FB_REDIS_URL set: the first coordinator on the process-wide bus starts one
-    publisher, the second adds none, the last to stop stops it after writing its stop."""
+    """MDS_FB_REDIS_URL and MDS_FB_REDIS_CHANNEL for this test's server, no other MDS_*."""
     for key in list(os.environ):
         if key.upper().startswith("MDS_"):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MDS_FB_REDIS_URL", redis_server.url)
     monkeypatch.setenv("MDS_FB_REDIS_CHANNEL", channel)
+
+
+@pytest.mark.usefixtures("redis_env")
+async def test_a_running_publisher_for_the_same_url_and_channel_means_no_second(
+    redis_server: RedisServer, channel: str
+) -> None:
+    """A publisher running on the process-wide bus for the URL and channel: no second one."""
+    async with RedisFeedbackPublisher(redis_server.url, channel=channel):
+        async with WriteCoordinator(sink=NullSink(), coord_id="dedup"):
+            assert autowire.active_transports() == ()
+
+
+@pytest.mark.usefixtures("redis_env")
+async def test_env_alone_starts_one_redis_publisher_for_all_coordinators(
+    redis_server: RedisServer, channel: str
+) -> None:
+    """MDS_FB_REDIS_URL alone: one publisher for all coordinators, stopped after the last stop."""
     first: WriteCoordinator[int] = WriteCoordinator(sink=NullSink(), coord_id="auto-1")
     second: WriteCoordinator[int] = WriteCoordinator(sink=NullSink(), coord_id="auto-2")
     async with first:

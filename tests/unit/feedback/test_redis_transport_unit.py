@@ -75,8 +75,7 @@ class Recorder:
 def test_is_newer_orders_by_ts_then_seq_so_a_restart_is_recognised(
     new: FeedbackEvent, last: FeedbackEvent | None, expected: bool
 ) -> None:
-    """Newer = later (ts, seq): repeats and older events of one life are stale, a restarted
-    coordinator (seq from 1, later ts) is newer, a straggler of its old life is stale."""
+    """Newer is a later (ts, seq): repeats and old-life stragglers stale, restarts newer."""
     assert is_newer(new, last) is expected
 
 
@@ -88,8 +87,7 @@ def test_payload_round_trips_the_webhook_json() -> None:
 
 
 async def test_listener_passes_on_newer_events_only(dead_url: str) -> None:
-    """Repeats and older seq of a coordinator are dropped; a restart after stop is passed on,
-    an old-life event arriving after it is not."""
+    """The listener drops repeats, older seq and old-life stragglers; passes a restart on."""
     bus = FeedbackBus()
     recorder = Recorder(bus)
     listener = RedisFeedbackListener(dead_url, bus=bus)
@@ -125,8 +123,7 @@ async def test_listener_drops_invalid_payloads(dead_url: str, payload: bytes) ->
 async def test_outbox_keeps_every_event_until_full_then_the_latest_per_coordinator(
     dead_url: str,
 ) -> None:
-    """With Redis unreachable, 5,000 events of 100 coordinators leave at most max_pending
-    events queued, among them each coordinator's latest, also after failed attempts."""
+    """Redis down: at most max_pending events wait, each coordinator's latest among them."""
     bus = FeedbackBus()
     publisher = RedisFeedbackPublisher(dead_url, bus=bus, max_pending=1000, backoff_base=0.01)
     async with publisher:
@@ -162,8 +159,7 @@ async def test_outbox_with_more_coordinators_than_room_keeps_the_newest(dead_url
 async def test_one_warning_for_many_failed_attempts_without_the_password(
     dead_url: str, log_messages: list[str]
 ) -> None:
-    """Dozens of refused attempts by the publisher and the listener log one WARNING each,
-    with the URL's password masked."""
+    """Dozens of refused attempts log one WARNING per client, the password masked."""
     bus = FeedbackBus()
     fast = {"backoff_base": 0.001, "backoff_cap": 0.002}
     publisher = RedisFeedbackPublisher(dead_url, bus=bus, **fast)
