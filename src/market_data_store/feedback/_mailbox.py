@@ -145,7 +145,7 @@ def check_async_subscriber(callback: object) -> None:
     ):
         return
     raise TypeError(
-        f"subscriber {callback!r} is a plain function: make it `async def` "
+        f"subscriber {callback!r} is not async: make it `async def` "
         "(the bus awaits subscriber(event) for each event)"
     )
 

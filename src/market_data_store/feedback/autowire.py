@@ -27,7 +27,7 @@ from typing import Protocol, runtime_checkable
 from loguru import logger
 
 from market_data_store.feedback.bus import FeedbackBus, feedback_bus
-from market_data_store.feedback.settings import FeedbackSettings
+from market_data_store.feedback.settings import FeedbackSettings, redact_url
 
 
 @runtime_checkable
@@ -183,7 +183,11 @@ async def _start_all(bus: FeedbackBus) -> list[FeedbackTransport]:
             await transport.start()
             running.add(transport.transport_key)
             started.append(transport)
-            logger.info("feedback auto-wiring: {} transport started", kind)
+            logger.info(
+                "feedback auto-wiring: {} transport to {} started",
+                kind,
+                redact_url(transport.transport_key[1]),
+            )
     except BaseException:
         await _stop_all(bus, started, 0.0)
         raise

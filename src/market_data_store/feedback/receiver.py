@@ -22,7 +22,10 @@ What is accepted, in order:
    every run stopped cleanly) ends the run: the next event is accepted whatever its
    ``seq``. After a crash (no ``stopped``), an event whose ``seq`` falls back but whose
    ``ts`` is later than the last accepted event's is the start of a new run, accepted; an
-   old event delivered late has an older ``ts`` and stays dropped.
+   old event delivered late has an older ``ts`` and stays dropped. For that crash case the
+   receiver first publishes the ``stopped`` event the dead run never sent (level OK, queue
+   size 0, ``seq`` one past the old run's, ``ts`` of the new event), so local subscribers
+   that compare ``seq`` (``RateController``) forget the old run as after a clean stop.
 """
 
 from __future__ import annotations
@@ -143,7 +146,7 @@ class FeedbackReceiver:
         """
         try:
             with self._lock:
-                event = self._accept(headers, body)
+                events = self._accept(headers, body)
         except WebhookVerificationError as exc:
             _outcome("unauthorized").inc()
             logger.debug("feedback receiver: delivery rejected: {}", exc)
@@ -152,11 +155,12 @@ class FeedbackReceiver:
             _outcome("invalid").inc()
             logger.debug("feedback receiver: delivery rejected: {}", exc)
             raise
-        if event is not None:
+        for event in events:
             self._bus.publish_nowait(event)
-        return event
+        return events[-1] if events else None
 
-    def _accept(self, headers: Mapping[str, str], body: bytes) -> FeedbackEvent | None:
+    def _accept(self, headers: Mapping[str, str], body: bytes) -> list[FeedbackEvent]:
+        """The events to publish: none, the delivered one, or an old run's end and it."""
         if len(body) > self._max_body:
             raise InvalidFeedbackError(f"body of {len(body)} bytes exceeds max_body")
         lowered = {name.lower(): value for name, value in headers.items()}
@@ -167,15 +171,13 @@ class FeedbackReceiver:
         self._forget_expired_ids(now)
         if msg_id is not None and msg_id in self._seen_ids:
             _outcome("duplicate").inc()
-            return None
+            return []
         event = parse_event(body)
         if msg_id is not None:
             self._remember_id(msg_id, now)
-        if not self._is_newer(event):
-            _outcome("stale").inc()
-            return None
-        _outcome("accepted").inc()
-        return event
+        events = self._order(event)
+        _outcome("accepted" if events else "stale").inc()
+        return events
 
     def _verify(self, headers: Mapping[str, str], body: bytes, now: float) -> str:
         assert self._key is not None
@@ -225,21 +227,34 @@ class FeedbackReceiver:
         if len(self._seen_ids) > MAX_REMEMBERED_IDS:
             self._seen_ids.popitem(last=False)
 
-    def _is_newer(self, event: FeedbackEvent) -> bool:
+    def _order(self, event: FeedbackEvent) -> list[FeedbackEvent]:
         """Apply the per-coordinator ordering rule (module docstring, point 4)."""
         runs = self._runs
         cid = event.coordinator_id
         last = runs.get(cid)
-        if last is not None and event.seq <= last.seq and event.ts <= last.ts:
-            return False
+        published = [event]
+        if last is not None and event.seq <= last.seq:
+            if event.ts <= last.ts:
+                return []  # stale: an old event of the current run
+            # A new run after a crash: end the old one as its stop would have.
+            ended = FeedbackEvent(
+                cid, 0, event.capacity, BackpressureLevel.OK, "stopped", event.ts, last.seq + 1
+            )
+            published.insert(0, ended)
+            logger.info(
+                "feedback receiver: coordinator {} restarted (seq {} after {})",
+                cid,
+                event.seq,
+                last.seq,
+            )
         if event.reason == "stopped":
             runs.pop(cid, None)  # the run is over: the next seq may start anywhere
-            return True
+            return published
         runs[cid] = _Run(event.seq, event.ts)
         runs.move_to_end(cid)
         if len(runs) > MAX_COORDINATORS:
             runs.popitem(last=False)
-        return True
+        return published
 
     # -- ASGI ----------------------------------------------------------------------------
 

@@ -25,7 +25,8 @@ class FeedbackSettings(MdsSettings):
     )
 
     enable_http_broadcast: bool = False
-    feedback_webhook_url: str | None = None
+    # Left out of repr: a URL may carry credentials (user:password@host).
+    feedback_webhook_url: str | None = Field(default=None, repr=False)
     http_timeout: float = Field(default=2.0, gt=0, le=300)
     http_max_retries: int = Field(default=3, ge=0, le=100)
     webhook_secret: SecretStr | None = None

@@ -91,6 +91,14 @@ def test_secret_is_not_shown_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     assert SECRET.removeprefix("whsec_") not in str(settings)
 
 
+def test_webhook_url_with_credentials_is_not_shown_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A password in MDS_FB_FEEDBACK_WEBHOOK_URL stays out of repr() and str() of the settings."""
+    monkeypatch.setenv("MDS_FB_FEEDBACK_WEBHOOK_URL", "https://ops:pa55w0rd@hooks.example.com/x")
+    settings = FeedbackSettings()
+    assert settings.feedback_webhook_url == "https://ops:pa55w0rd@hooks.example.com/x"
+    assert "pa55w0rd" not in repr(settings) and "pa55w0rd" not in str(settings)
+
+
 @pytest.mark.parametrize(
     ("env", "variable"),
     [

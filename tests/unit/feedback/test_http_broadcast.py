@@ -462,7 +462,8 @@ def test_from_settings_builds_configured_broadcaster(monkeypatch: pytest.MonkeyP
 
 
 @pytest.fixture
-def warnings_logged() -> Iterator[list[str]]:
+def warnings_logged(log_messages: list[str]) -> Iterator[list[str]]:
+    """Warnings as bare messages; ``log_messages`` enables the library's logging."""
     messages: list[str] = []
     handler = logger.add(lambda m: messages.append(str(m)), level="WARNING", format="{message}")
     yield messages
@@ -495,6 +496,8 @@ def test_library_imports_and_works_without_httpx() -> None:
 import asyncio, importlib, pkgutil, sys
 sys.modules["httpx"] = None
 import market_data_store
+from loguru import logger
+logger.enable("market_data_store")  # the library ships with its logging disabled
 for info in pkgutil.walk_packages(market_data_store.__path__, "market_data_store."):
     importlib.import_module(info.name)
 from market_data_store.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
@@ -570,7 +573,9 @@ def test_bad_url_errors_name_the_argument_and_variable_without_credentials(
         assert PASSWORD not in message and TOKEN not in message
 
 
-async def test_credentials_in_the_url_reach_no_log_line_at_debug(bus: FeedbackBus) -> None:
+async def test_credentials_in_the_url_reach_no_log_line_at_debug(
+    bus: FeedbackBus, log_messages: list[str]
+) -> None:
     """Connection errors and failures logged at DEBUG show the URL without password or query."""
     records: list[str] = []
     handler = logger.add(

@@ -16,7 +16,13 @@ import pytest
 from standardwebhooks import Webhook
 
 from market_data_store.errors import ConfigError, InvalidFeedbackError, WebhookVerificationError
-from market_data_store.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent, receiver
+from market_data_store.feedback import (
+    BackpressureLevel,
+    FeedbackBus,
+    FeedbackEvent,
+    RateController,
+    receiver,
+)
 from market_data_store.feedback.http_broadcast import sign_webhook
 from market_data_store.feedback.receiver import FeedbackReceiver
 from market_data_store.feedback.settings import FeedbackSettings
@@ -296,6 +302,24 @@ def test_restarted_coordinator_after_a_crash_is_not_ignored(bus: FeedbackBus) ->
     assert app.receive({}, body_of(event(1, SOFT, ts=NOW - 5))) is not None
     assert app.receive({}, body_of(event(2, HARD, ts=NOW - 4))) is not None
     assert app.receive({}, body_of(event(2, HARD, ts=NOW - 4))) is None
+
+
+async def test_crash_restart_ends_the_old_run_so_a_rate_controller_follows_the_new_one(
+    bus: FeedbackBus, published: Published
+) -> None:
+    """A new run after a crash: a 'stopped' for the old run first, then the new event."""
+    controller = RateController(1000.0, bus=bus)
+    async with controller:
+        app = make(bus, secret=None)
+        app.receive({}, body_of(event(500, HARD, ts=NOW - 60)))
+        await bus.flush(timeout=DEADLINE)
+        assert controller.rate_for("bars") == pytest.approx(500.0)
+        assert app.receive({}, body_of(event(1, SOFT, ts=NOW - 5))) == event(1, SOFT, ts=NOW - 5)
+        await bus.flush(timeout=DEADLINE)
+        assert controller.rate_for("bars") == pytest.approx(800.0)  # cut from max, not 500
+    ended = published.events[1]
+    assert (ended.level, ended.reason, ended.seq, ended.queue_size) == (OK, "stopped", 501, 0)
+    assert [e.seq for e in published.events] == [500, 501, 1]
 
 
 # --- ASGI: methods, sizes, lifespan ------------------------------------------------------------
