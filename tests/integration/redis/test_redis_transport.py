@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,36 @@ async def test_env_alone_starts_one_redis_publisher_for_all_coordinators(
     await client.aclose()
     assert {b"auto-1", b"auto-2"} <= set(latest)
     assert all(b'"stopped"' in latest[k] for k in (b"auto-1", b"auto-2"))
+
+
+async def test_hash_keeps_the_newer_event_by_ts_then_seq(
+    redis_server: RedisServer, channel: str
+) -> None:
+    """The script writes and publishes only newer events: a straggler is skipped, a restart kept."""
+    bus = FeedbackBus()
+    client = Redis.from_url(redis_server.url)
+
+    async def in_hash() -> tuple[int, float]:
+        stored = await client.hget(f"{channel}:latest", "rule")
+        assert stored is not None
+        event = json.loads(stored)
+        return event["seq"], event["ts"]
+
+    def skipped() -> float:
+        labels = {"role": "publisher", "reason": "not_newer"}
+        return REGISTRY.get_sample_value("mds_feedback_redis_dropped_total", labels) or 0.0
+
+    async with RedisFeedbackPublisher(redis_server.url, channel=channel, bus=bus) as publisher:
+        steps = [((5, 5.0), (5, 5.0)), ((4, 4.0), (5, 5.0)), ((4, 6.0), (4, 6.0))]
+        steps += [((4, 6.0), (4, 6.0)), ((1, 9.0), (1, 9.0))]
+        before = skipped()
+        for (seq, ts), expected in steps:
+            await publisher(FeedbackEvent("rule", 0, 10, BackpressureLevel.OK, None, ts, seq))
+            await wait_until(lambda: publisher.outbox_size == 0 and publisher.connected)
+            await wait_until(lambda want=expected: _equals(in_hash(), want), what=f"{expected}")
+        await wait_until(lambda: skipped() == before + 2, what="two events skipped")
+    await client.aclose()
+
+
+async def _equals(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected
