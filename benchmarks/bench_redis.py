@@ -313,7 +313,7 @@ def conduct(args: argparse.Namespace) -> int:
     )
     print(
         f"         listener passed on {pipe['passed_on']} (stale {pipe['stale']}); the "
-        f"pipeline's subscriber got {pipe['received']} (its bus coalesces a backlog)"
+        f"pipeline's subscriber got {pipe['received']} (a bus coalesces behind a slow one)"
     )
     print(
         f"         RSS growth: store {store['rss_growth_mb']:.1f} MB, pipeline "

@@ -497,6 +497,9 @@ class RedisFeedbackListener(AsyncStartStop):
                 message = await pubsub.get_message(timeout=PUBSUB_POLL_SEC)
                 if message is not None and message.get("type") == "message":
                     self._accept(message["data"])
+                    # Messages already buffered come back without a pause: let the bus
+                    # deliver between them, or a burst is coalesced before anyone sees it.
+                    await asyncio.sleep(0)
         finally:
             await _close_pubsub(pubsub)
 
