@@ -313,7 +313,9 @@ class RedisFeedbackPublisher(AsyncStartStop):
         if self._resend:
             # After an outage Redis may have restarted empty: write the latest event of each
             # running coordinator again (the script skips it if the hash already has it).
-            await self._write(list(self._sent.values()), remember=False)
+            latest = list(self._sent.values())
+            for start in range(0, len(latest), MAX_BATCH):
+                await self._write(latest[start : start + MAX_BATCH], remember=False)
             self._resend = False
         if not self._outbox:
             await self._client.ping()
