@@ -285,9 +285,9 @@ class RedisFeedbackPublisher(AsyncStartStop):
     async def _run(self) -> None:
         assert self._wakeup is not None
         while True:
-            if not self._outbox and not self._resend:
+            if not self._outbox and (not self._resend or self._closing):
                 if self._closing:
-                    return
+                    return  # a rewrite of the latest events can wait for the next run
                 self._wakeup.clear()
                 try:
                     async with asyncio.timeout(IDLE_PING_SEC):
@@ -307,6 +307,8 @@ class RedisFeedbackPublisher(AsyncStartStop):
                 )
             except Exception as exc:  # a bug in one batch must not end the sender
                 logger.opt(exception=exc).warning("feedback Redis publisher: write failed")
+                self._resend = False
+                await asyncio.sleep(self._backoff_cap)  # no hot loop on a repeating bug
 
     async def _write_pending(self) -> None:
         assert self._client is not None
