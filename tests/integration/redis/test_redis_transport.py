@@ -24,6 +24,7 @@ from market_data_store.feedback import (
     autowire,
     feedback_bus,
 )
+from market_data_store.feedback._redis_wire import encode_event
 from market_data_store.testing.redis import RedisServer
 from market_data_store.testing.waits import wait_until
 
@@ -322,3 +323,20 @@ async def test_hash_keeps_the_newer_event_by_ts_then_seq(
 
 async def _equals(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
+
+
+async def test_listener_reloads_the_hash_after_a_reconnect(
+    redis_server: RedisServer, channel: str
+) -> None:
+    """An event that reached only the hash while the listener was away is learnt on reconnect."""
+    bus = FeedbackBus()
+    recorder = Recorder(bus)
+    client = Redis.from_url(redis_server.url)
+    listener = RedisFeedbackListener(redis_server.url, channel=channel, bus=bus, **FAST)
+    async with listener:
+        missed = event("away", 3, BackpressureLevel.HARD)
+        await client.hset(f"{channel}:latest", "away", encode_event(missed))  # no PUBLISH
+        await client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await wait_until(lambda: listener.outages == 1, what="the listener noticed")
+        await wait_until(lambda: recorder.last("away") == missed, timeout=3.0, what="reload")
+    await client.aclose()
