@@ -20,7 +20,7 @@ from market_data_store.errors import ConfigError
 
 PREFIX = "MDS_"
 # Variables of this prefix that the library reads outside the settings classes.
-READ_ELSEWHERE = frozenset({"MDS_REQUIRE_POSTGRES"})  # market_data_store.testing.postgres
+READ_ELSEWHERE = frozenset({"MDS_REQUIRE_POSTGRES", "MDS_REQUIRE_REDIS"})
 
 _warned: set[str] = set()  # unknown names already reported in this process
 

@@ -54,8 +54,15 @@ def _webhook(settings: FeedbackSettings, bus: FeedbackBus) -> FeedbackTransport 
     return HttpFeedbackBroadcaster.from_settings(settings, bus=bus)
 
 
+def _redis(settings: FeedbackSettings, bus: FeedbackBus) -> FeedbackTransport | None:
+    from market_data_store.feedback.redis_transport import RedisFeedbackPublisher
+
+    return RedisFeedbackPublisher.from_settings(settings, bus=bus)
+
+
 TRANSPORTS: dict[str, TransportFactory] = {
     "webhook": _webhook,
+    "redis": _redis,
 }
 """Every transport auto-wiring knows, by kind; a new transport is one entry here."""
 

@@ -71,7 +71,7 @@ def _warn_missing_httpx() -> None:
         _missing_httpx_warned = True
         logger.warning(
             "httpx is not installed: HttpFeedbackBroadcaster sends nothing "
-            "(install market-data-store[feedback] to enable the webhook)"
+            "(install market-data-store-asyncio[feedback] to enable the webhook)"
         )
 
 

@@ -17,7 +17,7 @@ from market_data_store._settings import MdsSettings
 
 
 class FeedbackSettings(MdsSettings):
-    """Webhook broadcast of feedback events, from ``MDS_FB_*`` variables."""
+    """Webhook broadcast and Redis transport of feedback events, from ``MDS_FB_*`` variables."""
 
     _prefix: ClassVar[str] = "MDS_FB_"
     model_config = SettingsConfigDict(
@@ -30,6 +30,10 @@ class FeedbackSettings(MdsSettings):
     http_timeout: float = Field(default=2.0, gt=0, le=300)
     http_max_retries: int = Field(default=3, ge=0, le=100)
     webhook_secret: SecretStr | None = None
+    # Redis transport (RedisFeedbackPublisher / RedisFeedbackListener). A SecretStr, so a
+    # password in the URL never shows in a repr or a log line.
+    redis_url: SecretStr | None = None
+    redis_channel: str = "mds:feedback"
 
     @model_validator(mode="after")
     def _check_webhook(self) -> FeedbackSettings:
@@ -42,6 +46,16 @@ class FeedbackSettings(MdsSettings):
             check_webhook_url("MDS_FB_FEEDBACK_WEBHOOK_URL", url)
         if self.webhook_secret is not None:
             decode_webhook_secret("MDS_FB_WEBHOOK_SECRET", self.webhook_secret.get_secret_value())
+        return self
+
+    @model_validator(mode="after")
+    def _check_redis(self) -> FeedbackSettings:
+        # A model-level check: its error carries no input value, so no password is echoed.
+        from market_data_store.feedback._redis_wire import check_redis_channel, check_redis_url
+
+        if self.redis_url is not None:
+            check_redis_url("MDS_FB_REDIS_URL", self.redis_url.get_secret_value())
+        check_redis_channel("MDS_FB_REDIS_CHANNEL", self.redis_channel)
         return self
 
 
