@@ -174,6 +174,7 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         self._saving: dict[asyncio.Task[None], int] = {}  # DLQ saves under way -> items
         self._abandoned: set[asyncio.Task[None]] = set()  # saves given up at the deadline
         self._past_deadline = False  # workers are being cancelled: no more replacements
+        self._unsettled: set[asyncio.Task[None]] = set()  # workers not yet seen to end
         self._stopping: asyncio.Task[None] | None = None  # the shutdown, shared by stop() calls
         self._stop_deadline = math.inf  # loop time; the earliest any stop() caller asked for
         self._deadline_moved: asyncio.Future[None] | None = None
@@ -333,10 +334,12 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         self._workers.append(worker)
         self._tasks = [t for t in self._tasks if not t.done()]
         self._tasks.append(task)
+        self._unsettled.add(task)
 
     def _worker_ended(self, worker: SinkWorker[T], task: asyncio.Task[None]) -> None:
         """Supervision: a worker that ended for any reason but cancellation or a closed,
         empty queue is replaced, its job handed over, and counted."""
+        self._unsettled.discard(task)
         if task.cancelled() or (error := task.exception()) is None:
             return
         self._ledger.worker_restarts += 1
@@ -421,7 +424,7 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
     async def _wait_for_workers(self) -> None:
         """Wait for the workers until the stop deadline, then cancel those still running
         and give them a short grace. Replacements of workers that died are waited for too."""
-        pending = await self._wait_until(lambda: self._tasks, 0.0)
+        pending = await self._wait_until(lambda: self._unsettled, 0.0)
         self._past_deadline = True
         if pending:
             for task in pending:
@@ -446,18 +449,18 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
     async def _wait_until(
         self, tasks: Callable[[], Iterable[asyncio.Task[None]]], grace: float
     ) -> list[asyncio.Task[None]]:
-        """Wait until every task of ``tasks()`` (re-read as tasks end) is done or the stop
-        deadline (which a later stop() may bring forward) plus ``grace`` has passed; return
-        those still pending."""
+        """Wait until ``tasks()`` is empty (their done callbacks remove them; a callback may
+        add a replacement) or the stop deadline (which a later stop() may bring forward)
+        plus ``grace`` has passed; return those still pending."""
         loop = asyncio.get_running_loop()
-        pending = [task for task in tasks() if not task.done()]
+        pending = list(tasks())
         while pending and (remaining := self._stop_deadline + grace - loop.time()) > 0:
             moved = self._deadline_moved = loop.create_future()
             await asyncio.wait(
                 [*pending, moved], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
             )
             moved.cancel()
-            pending = [task for task in tasks() if not task.done()]
+            pending = list(tasks())
         self._deadline_moved = None
         return pending
 
