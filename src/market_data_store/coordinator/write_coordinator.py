@@ -40,6 +40,7 @@ T = TypeVar("T")
 DEFAULT_BATCH_SIZE = 500
 _CANCEL_GRACE_SEC = 0.1  # how long cancelled workers get to unwind after the stop deadline
 _SAVE_GRACE_SEC = 0.3  # how long DLQ saves may run past the stop deadline before abandoned
+_DLQ_RECORD_MAX_ITEMS = 10_000  # leftovers are saved in records of at most this many items
 
 
 class _State(enum.Enum):
@@ -171,8 +172,8 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         self._workers: list[SinkWorker[T]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._breaker_waiters: set[asyncio.Future[None]] = set()
-        self._saving: dict[asyncio.Task[None], int] = {}  # DLQ saves under way -> items
-        self._abandoned: set[asyncio.Task[None]] = set()  # saves given up at the deadline
+        self._saving: dict[asyncio.Task[None], int] = {}  # DLQ saves under way -> items left
+        self._abandoned: set[asyncio.Task[None]] = set()  # saves stop() stopped waiting for
         self._past_deadline = False  # workers are being cancelled: no more replacements
         self._unsettled: set[asyncio.Task[None]] = set()  # workers not yet seen to end
         self._stopping: asyncio.Task[None] | None = None  # the shutdown, shared by stop() calls
@@ -363,9 +364,10 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         items go to the DLQ (reason ``not_drained``). At the deadline the workers are
         cancelled and whatever is still queued or in flight goes to the DLQ (reason
         ``circuit_open`` for a batch waiting for the breaker, else ``shutdown_timeout``),
-        encoded and written off the event loop. DLQ saves get ``0.3`` s past the deadline;
-        a save still unfinished then is abandoned: its items are counted as ``dlq_failed``
-        and logged at ERROR (a hung save may still land in the file later). Ends with an OK
+        encoded and written off the event loop, in records of at most 10,000 items. DLQ
+        saves get ``0.3`` s past the deadline; then ``stop()`` stops waiting: the items not
+        saved yet are counted as ``dlq_failed`` and logged at ERROR. Such a save is not
+        cancelled: if it completes later, its items move to ``dead_lettered``. Ends with an OK
         event (``stopped``). Concurrent calls share one shutdown (the first call's ``drain``
         applies) that ends by the earliest deadline; cancelling a caller does not cut the
         shutdown short.
@@ -432,12 +434,13 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
             await asyncio.wait(pending, timeout=_CANCEL_GRACE_SEC)
 
     async def _wait_for_saves(self) -> None:
-        """Wait for DLQ saves until ``_SAVE_GRACE_SEC`` past the stop deadline; abandon the
-        rest, counting their items as ``dlq_failed``."""
+        """Wait for DLQ saves until ``_SAVE_GRACE_SEC`` past the stop deadline, then stop
+        waiting: the items not yet saved are counted as ``dlq_failed`` (ERROR log). An
+        abandoned save is not cancelled (its thread cannot be): should it complete later,
+        its items are moved from ``dlq_failed`` to ``dead_lettered`` and logged."""
         for task in await self._wait_until(lambda: self._saving, _SAVE_GRACE_SEC):
             items = self._saving.pop(task, 0)
             self._abandoned.add(task)
-            task.cancel()
             self._ledger.drop("dlq_failed", items)
             logger.error(
                 "coordinator {}: a DLQ save of {} items did not finish by the stop deadline; "
@@ -542,21 +545,48 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         error: BaseException | str,
         metadata: Mapping[str, Any],
     ) -> None:
-        try:
-            await dlq.save(items, error, metadata)
-        except Exception as exc:
-            if asyncio.current_task() in self._abandoned:
-                return  # already counted as dlq_failed by stop()
-            self._ledger.drop("dlq_failed", len(items))
-            logger.opt(exception=exc).error(
-                "coordinator {}: DLQ write failed; {} items lost", self._coord_id, len(items)
+        """Save ``items`` in records of at most ``_DLQ_RECORD_MAX_ITEMS``, counting each
+        record as it lands (so a deadline cutting a large save short loses only the rest)."""
+        task = asyncio.current_task()
+        assert task is not None
+        for start in range(0, len(items), _DLQ_RECORD_MAX_ITEMS):
+            chunk = items[start : start + _DLQ_RECORD_MAX_ITEMS]
+            try:
+                await dlq.save(chunk, error, metadata)
+            except Exception as exc:
+                self._record_lost(task, len(chunk), exc)
+            else:
+                self._record_saved(task, len(chunk))
+
+    def _record_saved(self, task: asyncio.Task[None], count: int) -> None:
+        ledger = self._ledger
+        if task in self._abandoned:  # counted as dlq_failed at the deadline: correct that
+            left = ledger.dropped.get("dlq_failed", 0) - count
+            if left > 0:
+                ledger.dropped["dlq_failed"] = left
+            else:
+                ledger.dropped.pop("dlq_failed", None)
+            logger.warning(
+                "coordinator {}: a DLQ save abandoned at the stop deadline completed later; "
+                "{} more items are in the DLQ",
+                self._coord_id,
+                count,
             )
-            return
-        if asyncio.current_task() in self._abandoned:
-            return  # a save that ignored cancellation: already counted as dlq_failed
-        self._ledger.dead_lettered += len(items)
-        metrics.DLQ_RECORDS.labels(self._coord_id).inc()
-        metrics.DLQ_ITEMS.labels(self._coord_id).inc(len(items))
+        else:
+            self._saving[task] = self._saving.get(task, count) - count
+        ledger.dead_lettered += count
+        if self._state is not _State.STOPPED:  # a stopped id's label sets are gone
+            metrics.DLQ_RECORDS.labels(self._coord_id).inc()
+            metrics.DLQ_ITEMS.labels(self._coord_id).inc(count)
+
+    def _record_lost(self, task: asyncio.Task[None], count: int, exc: Exception) -> None:
+        if task in self._abandoned:
+            return  # already counted as dlq_failed at the deadline
+        self._saving[task] = self._saving.get(task, count) - count
+        self._ledger.drop("dlq_failed", count)
+        logger.opt(exception=exc).error(
+            "coordinator {}: DLQ write failed; {} items lost", self._coord_id, count
+        )
 
     def _shutdown_metadata(self, reason: str) -> dict[str, Any]:
         return {
