@@ -169,6 +169,7 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         self._ledger = WriteLedger()
         self._submitted = 0
         self._state = _State.NEW
+        self._warned = False  # the abandoned-coordinator warning was given
         self._workers: list[SinkWorker[T]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._breaker_waiters: set[asyncio.Future[None]] = set()
@@ -277,12 +278,17 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         return sum(1 for task in self._tasks if not task.done())
 
     def __del__(self) -> None:
-        self._warn_if_abandoned("garbage-collected without stop()")
+        try:
+            self._warn_if_abandoned("garbage-collected without stop()")
+        except ResourceWarning:
+            raise  # turned into an error by a warnings filter: let it be reported
+        except Exception:  # interpreter teardown: modules may be half gone
+            pass
 
     def _warn_if_abandoned(self, how: str) -> None:
         """Warn (ResourceWarning and an ERROR log) once if items are left behind unstopped."""
         state = getattr(self, "_state", None)  # None: __init__ raised
-        if state not in (_State.RUNNING, _State.STOPPING) or getattr(self, "_warned", False):
+        if state not in (_State.RUNNING, _State.STOPPING) or self._warned:
             return
         self._warned = True
         left = len(self._queue) + sum(worker.held() for worker in self._workers)

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from market_data_store.coordinator._callbacks import CallbackRunner
 from market_data_store.coordinator.dlq import DeadLetterQueue
 from market_data_store.coordinator.policy import CircuitBreaker, RetryPolicy
-from market_data_store.coordinator.queue import BoundedQueue
 from market_data_store.coordinator.settings import CoordinatorRuntimeSettings
 from market_data_store.coordinator.types import (
     ConfigError,
@@ -215,8 +215,9 @@ async def test_drop_callback_backlog_stays_bounded() -> None:
     assert stats.dropped["overflow"] + stats.written == 1_000_000
 
 
-async def test_watermark_callbacks_are_never_skipped() -> None:
-    """A full callback backlog skips drop callbacks only, never the watermark callbacks."""
+async def test_a_full_callback_backlog_skips_the_oldest_drop_callbacks_only() -> None:
+    """Past max_pending, the oldest calls with arguments are skipped and counted; calls
+    without arguments (watermark callbacks) are never skipped; order is kept."""
     calls: list[str] = []
     gate = asyncio.Event()
 
@@ -224,23 +225,16 @@ async def test_watermark_callbacks_are_never_skipped() -> None:
         await gate.wait()
         calls.append("high")
 
-    queue: BoundedQueue[int] = BoundedQueue(
-        4,
-        2,
-        1,
-        overflow_strategy="drop_oldest",
-        on_high=on_high,
-        drop_callback=lambda item: calls.append(f"drop {item}"),
-        bus=FeedbackBus(),
-    )
-    queue._callbacks._max_pending = 3  # a small bound, to see it work
-    for i in range(20):
-        queue.put_nowait(i)
+    runner = CallbackRunner("test", max_pending=3)
+    runner.call(on_high)
+    for i in range(10):
+        runner.call(lambda item: calls.append(f"drop {item}"), i)
+    runner.call(lambda: calls.append("low"))
+    runner.call(lambda item: calls.append(f"drop {item}"), 10)
     gate.set()
-    await queue.join_callbacks()
-    assert calls[0] == "high"
-    assert calls[1:] == ["drop 13", "drop 14", "drop 15"]
-    assert queue._callbacks.skipped == 16 - 3
+    await runner.join()
+    assert calls == ["high", "drop 8", "drop 9", "low", "drop 10"]
+    assert (runner.skipped, runner.pending) == (8, 0)
 
 
 # -- 6. the coordinator never reads a list a sink could change ----------------------------
