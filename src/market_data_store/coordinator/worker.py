@@ -12,15 +12,15 @@ from loguru import logger
 from market_data_store.coordinator import metrics
 from market_data_store.coordinator.policy import CircuitBreaker, RetryPolicy
 from market_data_store.coordinator.queue import BoundedQueue
-from market_data_store.coordinator.types import Sink
+from market_data_store.coordinator.types import CircuitOpenError, Sink
 
 T = TypeVar("T")
 
 DeadLetter = Callable[[list[T], BaseException | str, Mapping[str, Any]], Awaitable[None]]
 """Sends items that failed for good to the DLQ (or counts them lost)."""
 
-BreakerWait = Callable[[float], Awaitable[None]]
-"""Waits up to the given seconds, or until the circuit breaker changes state."""
+BreakerWait = Callable[[float], Awaitable[bool]]
+"""Waits up to the given seconds, or until the breaker changes; False: give the batch up."""
 
 
 class WriteLedger:
@@ -76,7 +76,8 @@ class SinkWorker(Generic[T]):
       with it, the worker counts from its own copy, so conservation cannot be broken.
     - A retryable failure is retried with backoff up to ``max_attempts`` calls while the
       circuit is closed; while it is open or half-open the batch waits for a probe, using
-      no attempts, for as long as the coordinator runs or drains (until its stop deadline).
+      no attempts, for as long as the coordinator runs or drains (until its stop deadline;
+      ``stop(drain=False)`` gives it up at once, reason ``circuit_open``).
     - A permanent failure splits the part in halves until the failing items are isolated
       (about log2(n) extra calls per bad item, and only on failure): the valid items are
       written, only single failing items are dead-lettered. Permanent failures say nothing
@@ -176,10 +177,18 @@ class SinkWorker(Generic[T]):
                 # (seconds_until_probe() == 0): wait for its outcome, which wakes us; the
                 # interval only bounds the wait should the probe be abandoned.
                 job.waiting_for_breaker = True  # left set if cancelled: release() reads it
-                await self._wait_for_breaker(
+                keep_waiting = await self._wait_for_breaker(
                     breaker.seconds_until_probe() or breaker.half_open_after_sec
                 )
                 job.waiting_for_breaker = False
+                if not keep_waiting:  # stop(drain=False): give the rest up now
+                    items = job.items()
+                    job.parts.clear()
+                    error = CircuitOpenError("circuit open while the coordinator stopped")
+                    await self._dead_letter(
+                        items, error, self._metadata(job.attempts, "circuit_open")
+                    )
+                    return
                 continue
             started = time.perf_counter()
             exc: BaseException

@@ -176,6 +176,7 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         self._saving: dict[asyncio.Task[None], int] = {}  # DLQ saves under way -> items left
         self._abandoned: set[asyncio.Task[None]] = set()  # saves stop() stopped waiting for
         self._past_deadline = False  # workers are being cancelled: no more replacements
+        self._not_draining = False  # stop(drain=False) began: held batches are given up
         self._unsettled: set[asyncio.Task[None]] = set()  # workers not yet seen to end
         self._stopping: asyncio.Task[None] | None = None  # the shutdown, shared by stop() calls
         self._stop_deadline = math.inf  # loop time; the earliest any stop() caller asked for
@@ -367,16 +368,17 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
 
         With ``drain`` the workers keep writing what is queued, through retries and circuit
         breaker probes, until the queue is empty or the deadline comes; without it, queued
-        items go to the DLQ (reason ``not_drained``). At the deadline the workers are
-        cancelled and whatever is still queued or in flight goes to the DLQ (reason
-        ``circuit_open`` for a batch waiting for the breaker, else ``shutdown_timeout``),
-        encoded and written off the event loop, in records of at most 10,000 items. DLQ
-        saves get ``0.3`` s past the deadline; then ``stop()`` stops waiting: the items not
-        saved yet are counted as ``dlq_failed`` and logged at ERROR. Such a save is not
-        cancelled: if it completes later, its items move to ``dead_lettered``. Ends with an OK
-        event (``stopped``). Concurrent calls share one shutdown (the first call's ``drain``
-        applies) that ends by the earliest deadline; cancelling a caller does not cut the
-        shutdown short.
+        items go to the DLQ (reason ``not_drained``), and so do batches waiting for the
+        circuit breaker (reason ``circuit_open``); calls under way may finish. At the
+        deadline the workers are cancelled and whatever is still queued or in flight goes to
+        the DLQ (reason ``circuit_open`` for a batch waiting for the breaker, else
+        ``shutdown_timeout``), encoded and written off the event loop, in records of at most
+        10,000 items. DLQ saves get ``0.3`` s past the deadline; then ``stop()`` stops
+        waiting: the items not saved yet are counted as ``dlq_failed`` and logged at ERROR.
+        Such a save is not cancelled: if it completes later, its items move to
+        ``dead_lettered``. Ends with an OK event (``stopped``). Concurrent calls share one
+        shutdown (the first call's ``drain`` applies) that ends by the earliest deadline;
+        cancelling a caller does not cut the shutdown short.
         """
         check_range("timeout", timeout, lo=0)
         if self._state is _State.STOPPED:
@@ -391,6 +393,9 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
             was_running = self._state is _State.RUNNING
             self._state = _State.STOPPING
             self._queue.close()
+            if not drain:
+                self._not_draining = True
+                self._wake_breaker_waiters()
             self._stopping = loop.create_task(
                 self._shut_down(drain, was_running), name=f"mds-stop:{self._coord_id}"
             )
@@ -602,9 +607,12 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
             "reason": reason,
         }
 
-    async def _wait_for_breaker(self, seconds: float) -> None:
-        """Wait until the breaker changes or ``seconds`` pass (also while stopping: a drain
-        waits for probes until the stop deadline cancels the workers)."""
+    async def _wait_for_breaker(self, seconds: float) -> bool:
+        """Wait until the breaker changes or ``seconds`` pass; False once a ``stop(drain=
+        False)`` began (the batch is then dead-lettered at once). A draining stop waits for
+        probes until its deadline cancels the workers."""
+        if self._not_draining:
+            return False
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._breaker_waiters.add(fut)
@@ -614,6 +622,7 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         finally:
             handle.cancel()
             self._breaker_waiters.discard(fut)
+        return not self._not_draining
 
     def _wake_breaker_waiters(self) -> None:
         for fut in list(self._breaker_waiters):

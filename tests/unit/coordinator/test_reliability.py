@@ -133,6 +133,32 @@ async def test_exhausted_retries_wait_for_probes_while_the_circuit_is_open(
     assert await dead_items(dlq) == []
 
 
+async def test_stop_without_drain_gives_up_batches_waiting_for_the_breaker_at_once(
+    tmp_path: Path, wait_until: WaitUntil
+) -> None:
+    """stop(drain=False, timeout=30) with the circuit open does not wait for probes: held
+    batches go to the DLQ as circuit_open, queued ones as not_drained, well before 30 s."""
+    sink = OutageSink()
+    dlq = dlq_at(tmp_path)
+    coord = make(
+        sink,
+        workers=2,
+        batch_size=5,
+        dlq=dlq,
+        retry_policy=RetryPolicy(max_attempts=100, initial_backoff_ms=0),
+        circuit_breaker=CircuitBreaker(failure_threshold=2, half_open_after_sec=60),
+    )
+    await coord.start()
+    await coord.submit_many(range(30))
+    await wait_until(lambda: coord.circuit_breaker.state == "open", what="circuit open")
+    async with asyncio.timeout(5):
+        await coord.stop(drain=False, timeout=30)
+    records = await dlq.replay(max_records=100)
+    reasons = {record.metadata["reason"] for record in records}
+    assert reasons == {"circuit_open", "not_drained"}
+    assert sorted(await dead_items(dlq)) == list(range(30))
+
+
 # -- 2. only bad items fail ---------------------------------------------------------------
 
 
