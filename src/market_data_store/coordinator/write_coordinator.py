@@ -361,6 +361,7 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
             "; replacing it" if replace else "",
         )
         if replace:
+            self._workers.remove(worker)  # holds nothing once handed over: keep the list short
             self._spawn(worker.worker_id, worker.hand_over())
 
     async def stop(self, drain: bool = True, timeout: float = 10.0) -> None:
