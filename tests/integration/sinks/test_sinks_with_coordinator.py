@@ -14,6 +14,7 @@ from sink_helpers import invalid_bar, make_bars, wait_until
 
 from market_data_store.coordinator import (
     CircuitBreaker,
+    ConfigError,
     DeadLetterQueue,
     RetryPolicy,
     WriteCoordinator,
@@ -227,6 +228,31 @@ async def test_postgres_restarted_during_a_drain_gets_every_bar(
 
 async def _circuit_open(coord: WriteCoordinator[Any]) -> bool:
     return coord.circuit_breaker.state != "closed"
+
+
+@pytest.mark.parametrize(
+    "make_sink",
+    [
+        lambda path: SqliteBarsSink(path / "bars.db"),
+        lambda path: PostgresBarsSink("postgresql://writer@127.0.0.1:1/never_opened"),
+    ],
+    ids=["sqlite", "postgres"],
+)
+async def test_start_refuses_a_sink_never_opened(make_sink: SinkFactory, tmp_path: Path) -> None:
+    """A real sink not opened before start(): a ConfigError naming the sink, not a DLQ full
+    of failed batches later."""
+    coord = coordinator(make_sink(tmp_path), tmp_path / "dlq.ndjson")
+    with pytest.raises(ConfigError, match="is new: open it"):
+        await coord.start()
+
+
+async def test_start_refuses_a_closed_sink(tmp_path: Path) -> None:
+    """A SQLite sink already closed when start() runs raises ConfigError naming the sink."""
+    sink = SqliteBarsSink(tmp_path / "bars.db")
+    async with sink:
+        pass
+    with pytest.raises(ConfigError, match="is closed: open it"):
+        await coordinator(sink, tmp_path / "dlq.ndjson").start()
 
 
 async def _written(coord: WriteCoordinator[Any], n: int) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from market_data_store._validation import check_range
 from market_data_store.coordinator._callbacks import CallbackRunner
 from market_data_store.coordinator.dlq import DeadLetterQueue
 from market_data_store.coordinator.policy import CircuitBreaker, RetryPolicy
@@ -427,6 +428,18 @@ def test_nan_or_infinity_is_a_config_error_naming_the_argument(
     """NaN or +-infinity in any numeric argument raises ConfigError naming it."""
     with pytest.raises(ConfigError, match=name):
         build(value)
+
+
+@pytest.mark.parametrize("value", BAD_NUMBERS, ids=str)
+@pytest.mark.parametrize(
+    "bounds", [{}, {"lo": 0}, {"hi": 10}, {"lo": 0, "hi": math.inf, "hi_open": False}], ids=str
+)
+def test_check_range_rejects_nan_and_infinity_whatever_the_bounds(
+    value: float, bounds: dict[str, float]
+) -> None:
+    """check_range raises ConfigError naming the argument for NaN and +-infinity."""
+    with pytest.raises(ConfigError, match=r"^timeout must "):
+        check_range("timeout", value, **bounds)
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
