@@ -97,8 +97,10 @@ class DeadLetterQueue(Generic[T]):
     """Appends failed batches to ``path`` (NDJSON); ``replay`` reads them back, removing none.
 
     Items are encoded as pydantic models via ``model_dump(mode="json")``, dataclasses via
-    ``asdict``, else with ``encoder(item)`` when given, else as JSON values. Writes are
-    flushed and fsynced in a worker thread, off the event loop.
+    ``asdict``, else with ``encoder(item)`` when given, else as JSON values. Each ``save``
+    encodes, writes, flushes and fsyncs in a daemon thread of its own, off the event loop
+    (see ``save``). ``path`` is where the file goes; ``encoder`` turns items that are
+    neither models nor dataclasses into JSON values.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, encoder: Callable[[T], Any] | None = None):
