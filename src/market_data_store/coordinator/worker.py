@@ -130,7 +130,12 @@ class SinkWorker(Generic[T]):
             if not batch:
                 return
             job = self._job = Job(batch)  # if cancelled, stays held for release()
-            await self._finish(job)
+            try:  # _finish() inlined: this runs once per batch
+                await self._deliver(job)
+            except Exception as exc:
+                await self._worker_error(job, exc)
+            if self._job is job:
+                self._job = None
 
     def release(self) -> tuple[list[T], str]:
         """Hand over what this worker still holds (``stop()`` at its deadline), with the
@@ -160,13 +165,17 @@ class SinkWorker(Generic[T]):
     async def _finish(self, job: Job[T]) -> None:
         try:
             await self._deliver(job)
-        except Exception as exc:  # a bug of ours must not kill the worker or lose the job
-            logger.opt(exception=exc).error("worker {} failed on a batch", self.worker_id)
-            if self._job is job:
-                self._job = None
-                await self._dead_letter(job.items(), exc, self._metadata(0, "worker_error"))
+        except Exception as exc:
+            await self._worker_error(job, exc)
         if self._job is job:
             self._job = None
+
+    async def _worker_error(self, job: Job[T], exc: Exception) -> None:
+        """A bug of ours must not kill the worker or lose the job: dead-letter what is left."""
+        logger.opt(exception=exc).error("worker {} failed on a batch", self.worker_id)
+        if self._job is job:
+            self._job = None
+            await self._dead_letter(job.items(), exc, self._metadata(0, "worker_error"))
 
     async def _deliver(self, job: Job[T]) -> None:
         breaker = self._breaker
