@@ -62,7 +62,11 @@ class CoordinatorHealth(NamedTuple):
 
 class CoordinatorStats(NamedTuple):
     """Where every submitted item is: ``submitted == queued + in_flight + written +
-    dead_lettered + sum(dropped.values())`` at any moment the loop is idle."""
+    dead_lettered + sum(dropped.values())`` at any moment the loop is idle.
+
+    ``worker_restarts`` counts workers replaced after ending unexpectedly;
+    ``drop_callbacks_skipped`` counts drop callbacks skipped because their backlog was full
+    (the items themselves are counted in ``dropped["overflow"]``)."""
 
     submitted: int
     written: int

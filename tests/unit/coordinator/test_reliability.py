@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from market_data_store._validation import check_range
 from market_data_store.coordinator._callbacks import CallbackRunner
@@ -527,16 +528,22 @@ class FatalOnceSink(StoringSink):
 
 
 async def test_a_worker_killed_by_a_base_exception_is_replaced_and_its_batch_kept(
-    tmp_path: Path, log_messages: list[str]
+    tmp_path: Path, log_messages: list[str], wait_until: WaitUntil
 ) -> None:
-    """A sink raising a BaseException: the worker is replaced (counted, logged), its batch
-    is retried and written once, and the coordinator keeps its workers."""
+    """A sink raising a BaseException: the worker is replaced (counted in stats and in
+    mds_worker_restarts_total, logged), its batch is retried and written once, and the
+    coordinator keeps its workers."""
     sink = FatalOnceSink(fatal_calls=3)
     dlq = dlq_at(tmp_path)
     coord = make(sink, workers=2, batch_size=5, dlq=dlq)
     async with coord:
         await coord.submit_many(range(50))
+        await wait_until(lambda: coord.stats().written == 50, what="all written")
         assert coord.health().workers_alive == 2
+        restarts = REGISTRY.get_sample_value(
+            "mds_worker_restarts_total", {"coordinator_id": coord.coord_id}
+        )
+        assert restarts == 3
     stats = coord.stats()
     assert sorted(sink.stored) == list(range(50))
     assert (stats.written, stats.dead_lettered, stats.worker_restarts) == (50, 0, 3)
