@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from market_data_store.errors import ConfigError
 
 
@@ -14,10 +16,20 @@ def check_range(
     lo_open: bool = False,
     hi_open: bool = False,
 ) -> None:
-    """Raise ``ConfigError`` naming ``name`` and its allowed range unless lo <= value <= hi."""
+    """Raise ``ConfigError`` naming ``name`` and its allowed range unless lo <= value <= hi.
+
+    ``value`` must be a real number (``bool`` is not one); NaN and infinities are rejected
+    whatever the bounds, since a NaN compares false to everything and would slip past them.
+    """
+    left = "" if lo is None else f"{lo} {'<' if lo_open else '<='} "
+    right = "" if hi is None else f" {'<' if hi_open else '<='} {hi}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number satisfying {left}{name}{right}, got {value!r}")
     too_low = lo is not None and (value <= lo if lo_open else value < lo)
     too_high = hi is not None and (value >= hi if hi_open else value > hi)
     if too_low or too_high:
-        left = "" if lo is None else f"{lo} {'<' if lo_open else '<='} "
-        right = "" if hi is None else f" {'<' if hi_open else '<='} {hi}"
         raise ConfigError(f"{name} must satisfy {left}{name}{right}, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(
+            f"{name} must be a finite number satisfying {left}{name}{right}, got {value!r}"
+        )

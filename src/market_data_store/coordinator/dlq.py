@@ -59,6 +59,40 @@ def _json_default(obj: Any) -> Any:
     return repr(obj)  # never lose the record over an unknown type: keep a readable form
 
 
+async def _in_daemon_thread(func: Callable[..., None], *args: Any) -> None:
+    """Run ``func(*args, cancelled)`` in a new daemon thread and wait for it. Cancelling the
+    wait sets ``cancelled``, so that ``func`` can skip work it has not begun."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    cancelled = threading.Event()
+
+    def report(error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def target() -> None:
+        error: BaseException | None = None
+        try:
+            func(*args, cancelled)
+        except BaseException as exc:  # handed to the waiting coroutine
+            error = exc
+        try:
+            loop.call_soon_threadsafe(report, error)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    threading.Thread(target=target, name="mds-dlq-save", daemon=True).start()
+    try:
+        await done
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise
+
+
 def describe_error(error: BaseException | str) -> str:
     """``"TypeName: message"`` for an exception, the string itself otherwise."""
     if isinstance(error, BaseException):
@@ -70,8 +104,9 @@ class DeadLetterQueue(Generic[T]):
     """Appends failed batches to ``path`` (NDJSON); ``replay`` reads them back, removing none.
 
     Items are encoded as pydantic models via ``model_dump(mode="json")``, dataclasses via
-    ``asdict``, else with ``encoder(item)`` when given, else as JSON values. Writes are
-    flushed and fsynced in a worker thread, off the event loop.
+    ``asdict``, else with ``encoder(item)`` when given, else as JSON values. Each ``save``
+    encodes, writes, flushes and fsyncs in a daemon thread of its own, off the event loop
+    (see ``save``).
 
     Args:
         path: the NDJSON file; created (with its folder) on the first save.
@@ -122,13 +157,30 @@ class DeadLetterQueue(Generic[T]):
         error: BaseException | str,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        """Append one record holding ``items``, the error and ``metadata``."""
-        line = self.encode_record(items, error, metadata)
-        await asyncio.to_thread(self._append, line)
+        """Append one record holding ``items``, the error and ``metadata``.
 
-    def _append(self, line: str) -> None:
+        Encoding and writing both run in a daemon thread of their own, never on the event
+        loop: 300,000 items encode without stalling it, and a filesystem that hangs holds
+        only that thread (a caller may stop waiting; ``WriteCoordinator.stop`` does at its
+        deadline). The thread is a daemon so that it cannot keep the interpreter alive.
+        """
+        snapshot = list(items)  # the caller may reuse its sequence once we return
+        await _in_daemon_thread(self._encode_and_append, snapshot, error, metadata)
+
+    def _encode_and_append(
+        self,
+        items: list[T],
+        error: BaseException | str,
+        metadata: Mapping[str, Any] | None,
+        cancelled: threading.Event,
+    ) -> None:
+        self._append(self.encode_record(items, error, metadata), cancelled)
+
+    def _append(self, line: str, cancelled: threading.Event | None = None) -> None:
         data = line.encode("utf-8") + b"\n"
         with self._lock:
+            if cancelled is not None and cancelled.is_set():
+                return  # the caller stopped waiting before our turn came: write nothing
             self._path.parent.mkdir(parents=True, exist_ok=True)
             with self._path.open("a+b") as fh:
                 end = fh.seek(0, os.SEEK_END)

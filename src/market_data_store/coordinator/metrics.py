@@ -4,6 +4,13 @@
 Per-item figures (submitted, dropped, queue depth) are plain integers in each coordinator's
 ``stats()`` snapshot and are read by a collector at scrape time, so the hot path never touches
 a labelled child or a lock. Per-batch figures use ordinary counters, updated once per batch.
+
+Label sets are bounded: when the last running coordinator with a given id stops (or is
+garbage-collected), every labelled child of that id is removed and its retired totals are
+forgotten. While another coordinator with the same id is running, the stopped one's final
+counts are folded into retired totals instead, so an exported counter never goes backwards
+for an id that is still live. A later coordinator reusing a forgotten id starts from zero,
+which Prometheus reads as a counter reset.
 """
 
 from __future__ import annotations
@@ -31,6 +38,19 @@ DLQ_RECORDS = Counter(
     "mds_dlq_records", "Batches written to the dead-letter queue", ["coordinator_id"]
 )
 DLQ_ITEMS = Counter("mds_dlq_items", "Items written to the dead-letter queue", ["coordinator_id"])
+WORKER_RESTARTS = Counter(
+    "mds_worker_restarts",
+    "Workers replaced after ending for a reason other than cancellation",
+    ["coordinator_id"],
+)
+_PER_COORDINATOR = (
+    BATCHES_WRITTEN,
+    ITEMS_WRITTEN,
+    WRITE_LATENCY,
+    DLQ_RECORDS,
+    DLQ_ITEMS,
+    WORKER_RESTARTS,
+)
 
 
 class StatsSnapshot(Protocol):
@@ -59,22 +79,62 @@ class StatsSource(Protocol):
 
 CIRCUIT_STATE_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
-_live: weakref.WeakSet[Any] = weakref.WeakSet()
-# Final counts of stopped coordinators, so the exported counters never go backwards.
+# Live sources, each with the finalizer that releases its id should it be collected unretired.
+_live: weakref.WeakKeyDictionary[Any, weakref.finalize[Any, Any]] = weakref.WeakKeyDictionary()
+_live_ids: dict[str, int] = {}  # coordinator id -> live sources with that id
+_error_types: dict[str, set[str]] = {}  # coordinator id -> error_type labels in use
+# Final counts of stopped coordinators whose id is still live, so counters never go backwards.
 _retired_submitted: dict[str, float] = {}
 _retired_dropped: dict[tuple[str, str], float] = {}
 
 
 def track(source: StatsSource) -> None:
-    """Expose ``source``'s figures until ``retire`` is called."""
-    _live.add(source)
+    """Expose ``source``'s figures until ``retire`` is called (or it is collected)."""
+    if source in _live:
+        return
+    cid = source.coord_id
+    _live[source] = weakref.finalize(source, _release_id, cid)
+    _live_ids[cid] = _live_ids.get(cid, 0) + 1
 
 
 def retire(source: StatsSource) -> None:
-    """Fold ``source``'s final counts into the retired totals."""
-    if source in _live:
-        _live.discard(source)
+    """Stop exposing ``source``: fold its final counts into the retired totals while its id
+    is still live elsewhere, else remove every label set of its id."""
+    finalizer = _live.pop(source, None)
+    if finalizer is None:
+        return
+    finalizer.detach()
+    if _live_ids.get(source.coord_id, 0) > 1:
         _add_counts(source.coord_id, source.stats(), _retired_submitted, _retired_dropped)
+    _release_id(source.coord_id)
+
+
+def count_write_error(coord_id: str, error_type: str) -> None:
+    """Count one failed sink call (remembering the label set, to remove it at retirement)."""
+    WRITE_ERRORS.labels(coord_id, error_type).inc()
+    _error_types.setdefault(coord_id, set()).add(error_type)
+
+
+def _release_id(coord_id: str) -> None:
+    left = _live_ids.get(coord_id, 0) - 1
+    if left > 0:
+        _live_ids[coord_id] = left
+        return
+    _live_ids.pop(coord_id, None)
+    for metric in _PER_COORDINATOR:
+        _remove(metric, coord_id)
+    for error_type in _error_types.pop(coord_id, set()):
+        _remove(WRITE_ERRORS, coord_id, error_type)
+    _retired_submitted.pop(coord_id, None)
+    for key in [key for key in _retired_dropped if key[0] == coord_id]:
+        del _retired_dropped[key]
+
+
+def _remove(metric: Counter | Histogram, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:  # never used by this coordinator
+        pass
 
 
 def _add_counts(

@@ -48,7 +48,10 @@ def default_retry_classifier(exc: BaseException) -> bool:
 class RetryPolicy:
     """How often and how patiently a failed batch is retried.
 
-    ``initial_backoff_ms=0`` makes every wait zero (the test mode).
+    ``initial_backoff_ms=0`` makes every wait zero (the test mode). Every number must be
+    finite (NaN or infinity is a ``ConfigError`` naming the argument). ``max_attempts``
+    counts sink calls while the circuit is closed: with the circuit open or half-open a
+    batch is never given up for exhausted retries, it waits for the breaker's probes.
     """
 
     max_attempts: int = 5
@@ -61,8 +64,11 @@ class RetryPolicy:
     )
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise ConfigError(f"max_attempts must be an int >= 1, got {self.max_attempts!r}")
         check_range("max_attempts", self.max_attempts, lo=1)
         check_range("initial_backoff_ms", self.initial_backoff_ms, lo=0)
+        check_range("max_backoff_ms", self.max_backoff_ms, lo=0)
         if self.max_backoff_ms < self.initial_backoff_ms:  # name both: either may be the bad one
             raise ConfigError(
                 f"max_backoff_ms must satisfy initial_backoff_ms ({self.initial_backoff_ms}) "

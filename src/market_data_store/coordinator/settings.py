@@ -31,13 +31,17 @@ class CoordinatorRuntimeSettings(MdsSettings):
     """``WriteCoordinator`` parameters from ``MDS_*`` variables (see ``from_settings``)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="MDS_", env_file=".env", extra="ignore", case_sensitive=False
+        env_prefix="MDS_",
+        env_file=".env",
+        extra="ignore",
+        case_sensitive=False,
+        allow_inf_nan=False,  # NaN or infinity in any number is a ConfigError naming it
     )
 
     coord_id: str = Field(default="default", min_length=1)
     capacity: int = Field(default=10_000, gt=0)
     workers: int = Field(default=4, gt=0, le=1024)
-    batch_size: int = Field(default=500, gt=0)
+    batch_size: int | None = Field(default=None, gt=0)  # None: 500, or capacity if smaller
     flush_interval: float = Field(default=0.25, gt=0, le=3600)
     high_watermark: int | None = Field(default=None, gt=0)
     low_watermark: int | None = Field(default=None, ge=0)
@@ -64,6 +68,11 @@ class CoordinatorRuntimeSettings(MdsSettings):
             raise ValueError(
                 f"MDS_LOW_WATERMARK must satisfy 0 <= MDS_LOW_WATERMARK < high watermark "
                 f"({effective_high}), got {self.low_watermark}"
+            )
+        if self.batch_size is not None and self.batch_size > self.capacity:
+            raise ValueError(
+                f"MDS_BATCH_SIZE must satisfy 0 < MDS_BATCH_SIZE <= MDS_CAPACITY "
+                f"({self.capacity}), got {self.batch_size}"
             )
         if self.retry_max_backoff_ms < self.retry_initial_backoff_ms:
             raise ValueError(

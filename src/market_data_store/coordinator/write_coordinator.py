@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import enum
+import functools
+import inspect
 import math
-from collections.abc import Iterable, Mapping
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from loguru import logger
@@ -26,14 +31,17 @@ from market_data_store.coordinator.types import (
     Sink,
     check_range,
 )
-from market_data_store.coordinator.worker import SinkWorker, WriteLedger
+from market_data_store.coordinator.worker import Job, SinkWorker, WriteLedger
 from market_data_store.feedback import autowire
 from market_data_store.feedback.bus import FeedbackBus
 from market_data_store.feedback.events import BackpressureLevel
 
 T = TypeVar("T")
 
-_CANCEL_GRACE_SEC = 0.25  # how long cancelled workers get to unwind after the stop deadline
+DEFAULT_BATCH_SIZE = 500
+_CANCEL_GRACE_SEC = 0.1  # how long cancelled workers get to unwind after the stop deadline
+_SAVE_GRACE_SEC = 0.3  # how long DLQ saves may run past the stop deadline before abandoned
+_DLQ_RECORD_MAX_ITEMS = 10_000  # leftovers are saved in records of at most this many items
 
 
 class _State(enum.Enum):
@@ -55,7 +63,11 @@ class CoordinatorHealth(NamedTuple):
 
 class CoordinatorStats(NamedTuple):
     """Where every submitted item is: ``submitted == queued + in_flight + written +
-    dead_lettered + sum(dropped.values())`` at any moment the loop is idle."""
+    dead_lettered + sum(dropped.values())`` at any moment the loop is idle.
+
+    ``worker_restarts`` counts workers replaced after ending unexpectedly;
+    ``drop_callbacks_skipped`` counts drop callbacks skipped because their backlog was full
+    (the items themselves are counted in ``dropped["overflow"]``)."""
 
     submitted: int
     written: int
@@ -68,6 +80,8 @@ class CoordinatorStats(NamedTuple):
     circuit_state: CircuitState
     level: BackpressureLevel
     state: str
+    worker_restarts: int = 0
+    drop_callbacks_skipped: int = 0
 
 
 class WriteCoordinator(AsyncStartStop, Generic[T]):
@@ -75,6 +89,28 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
 
     Lifecycle: new -> running (``start``) -> stopping -> stopped (``stop``); a stopped
     coordinator cannot be restarted. ``async with`` starts and stops it.
+
+    ``batch_size=None`` (the default) means 500, or ``capacity`` when that is smaller; an
+    explicit ``batch_size`` above ``capacity`` is a ``ConfigError`` (a batch could never fill
+    and every batch would wait out ``flush_interval``).
+
+    Arguments are checked at construction (``ConfigError`` naming the argument): ``sink``
+    must have an ``async def write``; ``dlq`` must be a ``DeadLetterQueue`` (a path is not
+    one); ``retry_policy`` and ``circuit_breaker`` must be instances of their classes;
+    ``batch_size`` must not exceed ``capacity``; numbers must be finite. ``start()`` refuses
+    a sink that says it is not open (a ``state`` whose value is ``"new"`` or ``"closed"``, or
+    ``is_open`` false; a sink with neither is taken as open).
+
+    Failure handling (the worker's docstring has the details): retryable failures are
+    retried, with the circuit open a batch waits for probes (also while draining, until the
+    stop deadline); a permanent failure is split until only the failing items are
+    dead-lettered. A worker ending for any reason other than cancellation is replaced (its
+    job handed over) and counted in ``stats().worker_restarts`` and
+    ``mds_worker_restarts_total``.
+
+    A coordinator garbage-collected, or still running at interpreter exit, with items queued
+    or in flight emits a ``ResourceWarning`` and an ERROR log with the count, as asyncio
+    does for pending tasks.
     """
 
     def __init__(
@@ -83,7 +119,7 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         sink: Sink[T],
         capacity: int = 10_000,
         workers: int = 4,
-        batch_size: int = 500,
+        batch_size: int | None = None,
         flush_interval: float = 0.25,
         high_watermark: int | None = None,
         low_watermark: int | None = None,
@@ -97,15 +133,20 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         coord_id: str = "default",
         bus: FeedbackBus | None = None,
     ) -> None:
-        if not isinstance(sink, Sink):
-            raise ConfigError(f"sink must have an async write(batch) method, got {sink!r}")
+        _check_sink(sink)
+        explicit_batch_size = batch_size is not None
+        if batch_size is None:  # the default: 500, or the capacity when that is smaller
+            batch_size = min(DEFAULT_BATCH_SIZE, capacity) if _is_int(capacity) else 1
         for name, value in (("workers", workers), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{name} must be an int with {name} > 0, got {value!r}")
             check_range(name, value, lo=0, lo_open=True)
         check_range("flush_interval", flush_interval, lo=0, lo_open=True)
-        if not coord_id:
-            raise ConfigError("coord_id must be a non-empty string")
+        if not coord_id or not isinstance(coord_id, str):
+            raise ConfigError(f"coord_id must be a non-empty string, got {coord_id!r}")
+        _check_instance("dlq", dlq, DeadLetterQueue, "a DeadLetterQueue (not a path)")
+        _check_instance("retry_policy", retry_policy, RetryPolicy, "a RetryPolicy")
+        _check_instance("circuit_breaker", circuit_breaker, CircuitBreaker, "a CircuitBreaker")
         self._sink = sink
         self._coord_id = coord_id
         self._workers_n = workers
@@ -125,13 +166,23 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
             drop_callback=drop_callback,
             bus=bus,
         )
+        if explicit_batch_size and batch_size > self._queue.capacity:
+            raise ConfigError(
+                f"batch_size must satisfy 0 < batch_size <= capacity ({self._queue.capacity}), "
+                f"got {batch_size!r}"
+            )
         self._ledger = WriteLedger()
         self._submitted = 0
         self._state = _State.NEW
+        self._warned = False  # the abandoned-coordinator warning was given
         self._workers: list[SinkWorker[T]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._breaker_waiters: set[asyncio.Future[None]] = set()
-        self._saving: set[asyncio.Task[None]] = set()  # workers' DLQ saves under way
+        self._saving: dict[asyncio.Task[None], int] = {}  # DLQ saves under way -> items left
+        self._abandoned: set[asyncio.Task[None]] = set()  # saves stop() stopped waiting for
+        self._past_deadline = False  # workers are being cancelled: no more replacements
+        self._not_draining = False  # stop(drain=False) began: held batches are given up
+        self._unsettled: set[asyncio.Task[None]] = set()  # workers not yet seen to end
         self._stopping: asyncio.Task[None] | None = None  # the shutdown, shared by stop() calls
         self._stop_deadline = math.inf  # loop time; the earliest any stop() caller asked for
         self._deadline_moved: asyncio.Future[None] | None = None
@@ -227,10 +278,36 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
             self._breaker.state,
             self._queue.level,
             self._state.value,
+            ledger.worker_restarts,
+            _callbacks_skipped(self._queue),
         )
 
     def _workers_alive(self) -> int:
         return sum(1 for task in self._tasks if not task.done())
+
+    def __del__(self) -> None:
+        try:
+            self._warn_if_abandoned("garbage-collected without stop()")
+        except ResourceWarning:
+            raise  # turned into an error by a warnings filter: let it be reported
+        except Exception:  # interpreter teardown: modules may be half gone
+            pass
+
+    def _warn_if_abandoned(self, how: str) -> None:
+        """Warn (ResourceWarning and an ERROR log) once if items are left behind unstopped."""
+        state = getattr(self, "_state", None)  # None: __init__ raised
+        if state not in (_State.RUNNING, _State.STOPPING) or self._warned:
+            return
+        self._warned = True
+        left = len(self._queue) + sum(worker.held() for worker in self._workers)
+        if not left:
+            return
+        message = (
+            f"coordinator {self._coord_id!r} {how} with {left} items queued or in flight; "
+            "call await stop() to write or dead-letter them"
+        )
+        warnings.warn(message, ResourceWarning, stacklevel=2, source=self)
+        logger.error(message)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -242,43 +319,79 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
             raise CoordinatorNotRunningError(
                 f"coordinator {self._coord_id!r} is {self._state.value}; it cannot be restarted"
             )
+        _check_sink_open(self._sink)
         wiring = await autowire.acquire(self._bus_given)  # ConfigError: nothing started
         if self._state is not _State.NEW:  # a concurrent start() got there first
             await autowire.release(wiring)
             return
         self._wiring = wiring
-        self._workers = [
-            SinkWorker(
-                i,
-                self._queue,
-                self._sink,
-                batch_size=self._batch_size,
-                flush_interval=self._flush_interval,
-                retry_policy=self._retry,
-                breaker=self._breaker,
-                ledger=self._ledger,
-                dead_letter=self._dead_letter_batch,
-                wait_for_breaker=self._wait_for_breaker,
-                coord_id=self._coord_id,
-            )
-            for i in range(self._workers_n)
-        ]
-        self._tasks = [
-            asyncio.create_task(w.run(), name=f"mds-worker:{self._coord_id}:{w.worker_id}")
-            for w in self._workers
-        ]
+        for i in range(self._workers_n):
+            self._spawn(i, None)
         self._state = _State.RUNNING
+        _running.add(self)
         metrics.track(self)
         logger.info("coordinator {} started with {} workers", self._coord_id, self._workers_n)
 
-    async def stop(self, drain: bool = True, timeout: float = 10.0) -> None:
-        """Stop within about ``timeout`` seconds, whatever the sink does. Idempotent.
+    def _spawn(self, worker_id: int, job: Job[T] | None) -> None:
+        worker = SinkWorker(
+            worker_id,
+            self._queue,
+            self._sink,
+            batch_size=self._batch_size,
+            flush_interval=self._flush_interval,
+            retry_policy=self._retry,
+            breaker=self._breaker,
+            ledger=self._ledger,
+            dead_letter=self._dead_letter_batch,
+            wait_for_breaker=self._wait_for_breaker,
+            coord_id=self._coord_id,
+            job=job,
+        )
+        task = asyncio.get_running_loop().create_task(
+            worker.run(), name=f"mds-worker:{self._coord_id}:{worker_id}"
+        )
+        task.add_done_callback(functools.partial(self._worker_ended, worker))
+        self._workers.append(worker)
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(task)
+        self._unsettled.add(task)
 
-        With ``drain`` the workers write what is queued; without it, queued items go to the
-        DLQ (reason ``not_drained``). Whatever is still queued or in flight at the deadline
-        goes to the DLQ with reason ``shutdown_timeout``. Ends with an OK event (``stopped``).
-        Concurrent calls share one shutdown (the first call's ``drain`` applies) that ends
-        by the earliest deadline; cancelling a caller does not cut the shutdown short.
+    def _worker_ended(self, worker: SinkWorker[T], task: asyncio.Task[None]) -> None:
+        """Supervision: a worker that ended for any reason but cancellation or a closed,
+        empty queue is replaced, its job handed over, and counted."""
+        self._unsettled.discard(task)
+        if task.cancelled() or (error := task.exception()) is None:
+            return
+        self._ledger.worker_restarts += 1
+        metrics.WORKER_RESTARTS.labels(self._coord_id).inc()
+        replace = not self._past_deadline and self._state is not _State.STOPPED
+        logger.opt(exception=error).error(
+            "coordinator {}: worker {} ended unexpectedly ({!r}){}",
+            self._coord_id,
+            worker.worker_id,
+            error,
+            "; replacing it" if replace else "",
+        )
+        if replace:
+            self._workers.remove(worker)  # holds nothing once handed over: keep the list short
+            self._spawn(worker.worker_id, worker.hand_over())
+
+    async def stop(self, drain: bool = True, timeout: float = 10.0) -> None:
+        """Stop within about ``timeout`` seconds, whatever the sink or the DLQ does. Idempotent.
+
+        With ``drain`` the workers keep writing what is queued, through retries and circuit
+        breaker probes, until the queue is empty or the deadline comes; without it, queued
+        items go to the DLQ (reason ``not_drained``), and so do batches waiting for the
+        circuit breaker (reason ``circuit_open``); calls under way may finish. At the
+        deadline the workers are cancelled and whatever is still queued or in flight goes to
+        the DLQ (reason ``circuit_open`` for a batch waiting for the breaker, else
+        ``shutdown_timeout``), encoded and written off the event loop, in records of at most
+        10,000 items. DLQ saves get ``0.3`` s past the deadline; then ``stop()`` stops
+        waiting: the items not saved yet are counted as ``dlq_failed`` and logged at ERROR.
+        Such a save is not cancelled: if it completes later, its items move to
+        ``dead_lettered``. Ends with an OK event (``stopped``). Concurrent calls share one
+        shutdown (the first call's ``drain`` applies) that ends by the earliest deadline;
+        cancelling a caller does not cut the shutdown short.
         """
         check_range("timeout", timeout, lo=0)
         if self._state is _State.STOPPED:
@@ -293,7 +406,9 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
             was_running = self._state is _State.RUNNING
             self._state = _State.STOPPING
             self._queue.close()
-            self._wake_breaker_waiters()
+            if not drain:
+                self._not_draining = True
+                self._wake_breaker_waiters()
             self._stopping = loop.create_task(
                 self._shut_down(drain, was_running), name=f"mds-stop:{self._coord_id}"
             )
@@ -301,28 +416,32 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
 
     async def _shut_down(self, drain: bool, was_running: bool) -> None:
         if not drain:
-            await self._dead_letter(
+            self._start_save(
                 self._queue.drain_nowait(),
                 "not drained at stop",
                 self._shutdown_metadata("not_drained"),
             )
         await self._wait_for_workers()
-        if self._saving:  # batches cancelled workers had already handed to the DLQ
-            await asyncio.wait(set(self._saving))
-        leftovers: list[T] = [item for w in self._workers for item in w.release_batch()]
-        leftovers.extend(self._queue.drain_nowait())
-        if leftovers:
+        leftovers: dict[str, list[T]] = {}
+        for worker in self._workers:
+            items, reason = worker.release()
+            leftovers.setdefault(reason, []).extend(items)
+        leftovers.setdefault("shutdown_timeout", []).extend(self._queue.drain_nowait())
+        for reason, items in leftovers.items():
+            if not items:
+                continue
             logger.warning(
-                "coordinator {}: {} items not written by the stop deadline",
+                "coordinator {}: {} items not written by the stop deadline ({})",
                 self._coord_id,
-                len(leftovers),
+                len(items),
+                reason,
             )
-            await self._dead_letter(
-                leftovers,
-                "not written before the stop deadline",
-                self._shutdown_metadata("shutdown_timeout"),
+            self._start_save(
+                items, "not written before the stop deadline", self._shutdown_metadata(reason)
             )
+        await self._wait_for_saves()
         self._state = _State.STOPPED
+        _running.discard(self)
         if was_running:
             self._queue.emit_feedback(BackpressureLevel.OK, "stopped")
             metrics.retire(self)
@@ -331,22 +450,48 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         logger.info("coordinator {} stopped: {}", self._coord_id, self.stats())
 
     async def _wait_for_workers(self) -> None:
-        """Wait for the workers until the stop deadline (which a later stop() may bring
-        forward), then cancel those still running and give them a short grace."""
+        """Wait for the workers until the stop deadline, then cancel those still running
+        and give them a short grace. Replacements of workers that died are waited for too."""
+        pending = await self._wait_until(lambda: self._unsettled, 0.0)
+        self._past_deadline = True
+        if pending:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=_CANCEL_GRACE_SEC)
+
+    async def _wait_for_saves(self) -> None:
+        """Wait for DLQ saves until ``_SAVE_GRACE_SEC`` past the stop deadline, then stop
+        waiting: the items not yet saved are counted as ``dlq_failed`` (ERROR log). An
+        abandoned save is not cancelled (its thread cannot be): should it complete later,
+        its items are moved from ``dlq_failed`` to ``dead_lettered`` and logged."""
+        for task in await self._wait_until(lambda: self._saving, _SAVE_GRACE_SEC):
+            items = self._saving.pop(task, 0)
+            self._abandoned.add(task)
+            self._ledger.drop("dlq_failed", items)
+            logger.error(
+                "coordinator {}: a DLQ save of {} items did not finish by the stop deadline; "
+                "abandoned, counted as dlq_failed",
+                self._coord_id,
+                items,
+            )
+
+    async def _wait_until(
+        self, tasks: Callable[[], Iterable[asyncio.Task[None]]], grace: float
+    ) -> list[asyncio.Task[None]]:
+        """Wait until ``tasks()`` is empty (their done callbacks remove them; a callback may
+        add a replacement) or the stop deadline (which a later stop() may bring forward)
+        plus ``grace`` has passed; return those still pending."""
         loop = asyncio.get_running_loop()
-        pending = [task for task in self._tasks if not task.done()]
-        while pending and (remaining := self._stop_deadline - loop.time()) > 0:
+        pending = list(tasks())
+        while pending and (remaining := self._stop_deadline + grace - loop.time()) > 0:
             moved = self._deadline_moved = loop.create_future()
             await asyncio.wait(
                 [*pending, moved], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
             )
             moved.cancel()
-            pending = [task for task in pending if not task.done()]
+            pending = list(tasks())
         self._deadline_moved = None
-        if pending:
-            for task in pending:
-                task.cancel()
-            await asyncio.wait(pending, timeout=_CANCEL_GRACE_SEC)
+        return pending
 
     # -- producers -----------------------------------------------------------------------
 
@@ -385,20 +530,22 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
     async def _dead_letter_batch(
         self, items: list[T], error: BaseException | str, metadata: Mapping[str, Any]
     ) -> None:
-        """A worker gives a batch up: the save completes even if the worker is cancelled
-        meanwhile (a cancelled save may be on disk already), and ``stop()`` waits for it."""
-        task = asyncio.create_task(self._dead_letter(items, error, metadata))
-        self._saving.add(task)
-        task.add_done_callback(self._saving.discard)
-        await asyncio.shield(task)
+        """A worker gives items up: the save completes even if the worker is cancelled
+        meanwhile (a cancelled save may be on disk already), and ``stop()`` waits for it
+        (until its deadline)."""
+        task = self._start_save(items, error, metadata)
+        if task is not None:
+            await asyncio.shield(task)
 
-    async def _dead_letter(
+    def _start_save(
         self, items: list[T], error: BaseException | str, metadata: Mapping[str, Any]
-    ) -> None:
+    ) -> asyncio.Task[None] | None:
+        """Send ``items`` to the DLQ in a task that ``stop()`` tracks; without a DLQ, count
+        and log them as lost at once."""
         if not items:
-            return
-        reason = str(metadata.get("reason", "write_failed"))
+            return None
         if self._dlq is None:
+            reason = str(metadata.get("reason", "write_failed"))
             self._ledger.drop(reason, len(items))
             logger.error(
                 "coordinator {}: {} items lost ({}; no DLQ configured): {}",
@@ -407,18 +554,65 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
                 reason,
                 error,
             )
-            return
-        try:
-            await self._dlq.save(items, error, metadata)
-        except Exception as exc:
-            self._ledger.drop("dlq_failed", len(items))
-            logger.opt(exception=exc).error(
-                "coordinator {}: DLQ write failed; {} items lost", self._coord_id, len(items)
+            return None
+        task = asyncio.get_running_loop().create_task(self._save(self._dlq, items, error, metadata))
+        self._saving[task] = len(items)
+        task.add_done_callback(self._save_ended)
+        return task
+
+    def _save_ended(self, task: asyncio.Task[None]) -> None:
+        self._saving.pop(task, None)
+        self._abandoned.discard(task)
+
+    async def _save(
+        self,
+        dlq: DeadLetterQueue[T],
+        items: list[T],
+        error: BaseException | str,
+        metadata: Mapping[str, Any],
+    ) -> None:
+        """Save ``items`` in records of at most ``_DLQ_RECORD_MAX_ITEMS``, counting each
+        record as it lands (so a deadline cutting a large save short loses only the rest)."""
+        task = asyncio.current_task()
+        assert task is not None
+        for start in range(0, len(items), _DLQ_RECORD_MAX_ITEMS):
+            chunk = items[start : start + _DLQ_RECORD_MAX_ITEMS]
+            try:
+                await dlq.save(chunk, error, metadata)
+            except Exception as exc:
+                self._record_lost(task, len(chunk), exc)
+            else:
+                self._record_saved(task, len(chunk))
+
+    def _record_saved(self, task: asyncio.Task[None], count: int) -> None:
+        ledger = self._ledger
+        if task in self._abandoned:  # counted as dlq_failed at the deadline: correct that
+            left = ledger.dropped.get("dlq_failed", 0) - count
+            if left > 0:
+                ledger.dropped["dlq_failed"] = left
+            else:
+                ledger.dropped.pop("dlq_failed", None)
+            logger.warning(
+                "coordinator {}: a DLQ save abandoned at the stop deadline completed later; "
+                "{} more items are in the DLQ",
+                self._coord_id,
+                count,
             )
-            return
-        self._ledger.dead_lettered += len(items)
-        metrics.DLQ_RECORDS.labels(self._coord_id).inc()
-        metrics.DLQ_ITEMS.labels(self._coord_id).inc(len(items))
+        else:
+            self._saving[task] = self._saving.get(task, count) - count
+        ledger.dead_lettered += count
+        if self._state is not _State.STOPPED:  # a stopped id's label sets are gone
+            metrics.DLQ_RECORDS.labels(self._coord_id).inc()
+            metrics.DLQ_ITEMS.labels(self._coord_id).inc(count)
+
+    def _record_lost(self, task: asyncio.Task[None], count: int, exc: Exception) -> None:
+        if task in self._abandoned:
+            return  # already counted as dlq_failed at the deadline
+        self._saving[task] = self._saving.get(task, count) - count
+        self._ledger.drop("dlq_failed", count)
+        logger.opt(exception=exc).error(
+            "coordinator {}: DLQ write failed; {} items lost", self._coord_id, count
+        )
 
     def _shutdown_metadata(self, reason: str) -> dict[str, Any]:
         return {
@@ -429,8 +623,10 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         }
 
     async def _wait_for_breaker(self, seconds: float) -> bool:
-        """Wait until the breaker changes or ``seconds`` pass; False once stopping."""
-        if self._state is not _State.RUNNING:
+        """Wait until the breaker changes or ``seconds`` pass; False once a ``stop(drain=
+        False)`` began (the batch is then dead-lettered at once). A draining stop waits for
+        probes until its deadline cancels the workers."""
+        if self._not_draining:
             return False
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
@@ -441,7 +637,7 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         finally:
             handle.cancel()
             self._breaker_waiters.discard(fut)
-        return self._state is _State.RUNNING
+        return not self._not_draining
 
     def _wake_breaker_waiters(self) -> None:
         for fut in list(self._breaker_waiters):
@@ -459,3 +655,53 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_sink(sink: object) -> None:
+    write = getattr(sink, "write", None)
+    if not isinstance(sink, Sink) or not _is_async_callable(write):
+        raise ConfigError(f"sink must have an async write(batch) method (async def), got {sink!r}")
+
+
+def _is_async_callable(func: object) -> bool:
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = getattr(func, "__call__", None)  # noqa: B004 (a callable object's async __call__)
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _check_instance(name: str, value: object, cls: type, what: str) -> None:
+    if value is not None and not isinstance(value, cls):
+        raise ConfigError(f"{name} must be {what} or None, got {value!r}")
+
+
+def _check_sink_open(sink: object) -> None:
+    """Refuse a sink that says it is not open: ``state`` (an enum or a string) with value
+    ``"new"`` or ``"closed"``, or ``is_open`` false. A sink with neither is taken as open."""
+    state = getattr(sink, "state", None)
+    value = getattr(state, "value", state)
+    is_open = getattr(sink, "is_open", None)
+    if value in ("new", "closed") or is_open is False:
+        shown = value if isinstance(value, str) else "not open"
+        raise ConfigError(
+            f"sink {sink!r} is {shown}: open it (e.g. `async with sink:`) before starting "
+            "the coordinator"
+        )
+
+
+def _callbacks_skipped(queue: BoundedQueue[Any]) -> int:
+    runner = getattr(queue, "_callbacks", None)
+    return int(getattr(runner, "skipped", 0))
+
+
+_running: weakref.WeakSet[WriteCoordinator[Any]] = weakref.WeakSet()
+
+
+@atexit.register
+def _warn_running_at_exit() -> None:
+    for coord in list(_running):
+        coord._warn_if_abandoned("still running at interpreter exit")

@@ -14,6 +14,7 @@ from sink_helpers import invalid_bar, make_bars, wait_until
 
 from market_data_store.coordinator import (
     CircuitBreaker,
+    ConfigError,
     DeadLetterQueue,
     RetryPolicy,
     WriteCoordinator,
@@ -164,6 +165,94 @@ async def test_postgres_restart_mid_run_loses_nothing(
         assert coord.stats().dead_lettered == 0
         assert await sink.count() == len(bars)
     assert not dlq_path.exists()
+
+
+async def test_only_the_invalid_bars_of_a_batch_are_dead_lettered(
+    open_sink: SinkFactory, tmp_path: Path
+) -> None:
+    """1,000 valid bars with 3 invalid ones mixed in (as dicts), batch 500: 1,000 rows
+    stored, exactly the 3 invalid in the DLQ."""
+    dlq_path = tmp_path / "dlq.ndjson"
+    items: list[dict[str, Any]] = [bar.model_dump(mode="json") for bar in make_bars(1000)]
+    invalid = [
+        {**items[0], "symbol": "BAD1", "volume": -5},
+        {**items[0], "symbol": "BAD2", "low": 1e9},
+        {key: value for key, value in items[0].items() if key != "close"} | {"symbol": "BAD3"},
+    ]
+    for position, bad in zip((17, 503, 990), invalid, strict=True):
+        items.insert(position, bad)
+    async with open_sink() as sink:
+        coord = coordinator(sink, dlq_path, workers=2, batch_size=500, capacity=2000)
+        async with coord:
+            await coord.submit_many(items)
+        assert await sink.count() == 1000
+    dead = [
+        item for record in await DeadLetterQueue[Any](dlq_path).replay() for item in record.items
+    ]
+    assert sorted(dead, key=lambda item: item["symbol"]) == invalid
+    stats = coord.stats()
+    assert (stats.written, stats.dead_lettered, stats.dropped) == (1000, 3, {})
+
+
+@pytest.mark.postgres
+async def test_postgres_restarted_during_a_drain_gets_every_bar(
+    pg_server: PostgresServer, pg_dsn: str, tmp_path: Path
+) -> None:
+    """PostgreSQL down with the circuit open when stop(drain=True, timeout=10) begins, back
+    mid-drain: every bar stored once, nothing dead-lettered, stop within the deadline."""
+    dlq_path = tmp_path / "dlq.ndjson"
+    bars = make_bars(3000, symbols=20)
+    retry = RetryPolicy(max_attempts=3, initial_backoff_ms=10, max_backoff_ms=50)
+    breaker = CircuitBreaker(failure_threshold=2, half_open_after_sec=0.05)
+    async with PostgresBarsSink(pg_dsn, max_size=2, command_timeout=2) as sink:
+        coord = coordinator(
+            sink, dlq_path, workers=2, batch_size=100, retry_policy=retry, circuit_breaker=breaker
+        )
+        await coord.start()
+        await coord.submit_many(bars[:1000])
+        await wait_until(lambda: _written(coord, 1000))
+        await asyncio.to_thread(pg_server.stop, "immediate")
+        await coord.submit_many(bars[1000:])
+        await wait_until(lambda: _circuit_open(coord))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stopping = asyncio.create_task(coord.stop(drain=True, timeout=10))
+        await asyncio.to_thread(pg_server.start)  # back while the coordinator drains
+        await stopping
+        assert loop.time() - started < 10.5
+        assert coord.stats().written == len(bars)
+        assert coord.stats().dead_lettered == 0
+        assert await sink.count() == len(bars)
+    assert not dlq_path.exists()
+
+
+async def _circuit_open(coord: WriteCoordinator[Any]) -> bool:
+    return coord.circuit_breaker.state != "closed"
+
+
+@pytest.mark.parametrize(
+    "make_sink",
+    [
+        lambda path: SqliteBarsSink(path / "bars.db"),
+        lambda path: PostgresBarsSink("postgresql://writer@127.0.0.1:1/never_opened"),
+    ],
+    ids=["sqlite", "postgres"],
+)
+async def test_start_refuses_a_sink_never_opened(make_sink: SinkFactory, tmp_path: Path) -> None:
+    """A real sink not opened before start(): a ConfigError naming the sink, not a DLQ full
+    of failed batches later."""
+    coord = coordinator(make_sink(tmp_path), tmp_path / "dlq.ndjson")
+    with pytest.raises(ConfigError, match="is new: open it"):
+        await coord.start()
+
+
+async def test_start_refuses_a_closed_sink(tmp_path: Path) -> None:
+    """A SQLite sink already closed when start() runs raises ConfigError naming the sink."""
+    sink = SqliteBarsSink(tmp_path / "bars.db")
+    async with sink:
+        pass
+    with pytest.raises(ConfigError, match="is closed: open it"):
+        await coordinator(sink, tmp_path / "dlq.ndjson").start()
 
 
 async def _written(coord: WriteCoordinator[Any], n: int) -> bool:

@@ -38,7 +38,7 @@ class GateSink:
 async def test_coordinator_figures_are_exported_and_stay_monotonic_after_stop(
     tmp_path: Path,
 ) -> None:
-    """Submitted, dropped by reason, depth, workers, circuit, written and DLQ are exported."""
+    """Submitted, dropped, depth, workers, circuit, written and DLQ are exported while running."""
     cid = f"metrics-{uuid.uuid4().hex[:8]}"
     sink = GateSink()
     coord: WriteCoordinator[int] = WriteCoordinator(
@@ -64,11 +64,65 @@ async def test_coordinator_figures_are_exported_and_stay_monotonic_after_stop(
     assert sample("mds_circuit_state", coordinator_id=cid) == 0
 
     sink.gate.set()
-    await coord.stop()
-    assert sample("mds_items_written_total", coordinator_id=cid) == 10
-    assert sample("mds_dlq_items_total", coordinator_id=cid) == 5
+    await wait_until(lambda: coord.stats().written == 14 and coord.stats().dead_lettered == 1)
+    assert sample("mds_items_written_total", coordinator_id=cid) == 14
+    assert sample("mds_dlq_items_total", coordinator_id=cid) == 1  # only the bad item
     assert sample("mds_dlq_records_total", coordinator_id=cid) == 1
-    # A stopped coordinator's counts are kept, so the counters never go backwards.
-    assert sample("mds_coordinator_submitted_total", coordinator_id=cid) == 20
-    assert sample("mds_coordinator_dropped_total", coordinator_id=cid, reason="overflow") == 5
-    assert sample("mds_queue_depth", coordinator_id=cid) == 0  # no longer exported
+    assert sample("mds_write_errors_total", coordinator_id=cid, error_type="PermanentSinkError")
+    await coord.stop()
+    assert labelled(cid) == []  # every label set of a stopped coordinator id is removed
+
+
+def labelled(cid: str) -> list[str]:
+    """Every exported write-path sample (name) carrying ``coordinator_id=cid`` (the
+    feedback metrics belong to the signal path)."""
+    return [
+        sample.name
+        for metric in REGISTRY.collect()
+        for sample in metric.samples
+        if sample.labels.get("coordinator_id") == cid and not metric.name.startswith("mds_feedback")
+    ]
+
+
+async def test_counters_of_an_id_still_live_never_go_backwards(tmp_path: Path) -> None:
+    """Stopping one of two coordinators sharing an id keeps that id's counters; the last
+    one stopping removes them."""
+    cid = f"shared-{uuid.uuid4().hex[:8]}"
+
+    class Sink:
+        async def write(self, batch: Sequence[int]) -> None:
+            if any(item < 0 for item in batch):
+                raise PermanentSinkError("negative item")
+
+    def make() -> WriteCoordinator[int]:
+        return WriteCoordinator(
+            sink=Sink(),
+            batch_size=10,
+            flush_interval=0.01,
+            dlq=DeadLetterQueue(tmp_path / f"{uuid.uuid4().hex}.ndjson"),
+            coord_id=cid,
+            bus=FeedbackBus(),
+        )
+
+    first, second = make(), make()
+    await first.start()
+    await second.start()
+    await first.submit_many([-1, 1, 2])
+    await second.submit_many([3, 4])
+    await wait_until(lambda: first.stats().written + second.stats().written == 4)
+    await wait_until(lambda: first.stats().dead_lettered == 1)
+    before = {name: sample(name, coordinator_id=cid) for name in COUNTERS}
+    await first.stop()
+    after = {name: sample(name, coordinator_id=cid) for name in COUNTERS}
+    assert after == before
+    assert before["mds_coordinator_submitted_total"] == 5
+    await second.stop()
+    assert labelled(cid) == []
+
+
+COUNTERS = (
+    "mds_coordinator_submitted_total",
+    "mds_items_written_total",
+    "mds_batches_written_total",
+    "mds_dlq_items_total",
+)

@@ -23,7 +23,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_defaults_match_the_coordinator_defaults() -> None:
     """Without variables the settings equal WriteCoordinator's own defaults."""
     s = CoordinatorRuntimeSettings()
-    assert (s.coord_id, s.capacity, s.workers, s.batch_size) == ("default", 10_000, 4, 500)
+    assert (s.coord_id, s.capacity, s.workers, s.batch_size) == ("default", 10_000, 4, None)
     assert (s.flush_interval, s.overflow_strategy) == (0.25, "block")
     assert (s.high_watermark, s.low_watermark, s.dlq_path) == (None, None, None)
     assert (s.retry_max_attempts, s.retry_initial_backoff_ms, s.retry_max_backoff_ms) == (

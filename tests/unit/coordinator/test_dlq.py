@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -217,3 +218,42 @@ async def test_coordinator_records_carry_coordinator_worker_and_attempts(
         assert record.metadata["attempts"] == attempts
         assert record.metadata["reason"] == reason
         assert record.error == error
+
+
+async def test_a_save_cancelled_before_its_turn_writes_nothing(tmp_path: Path) -> None:
+    """A save whose caller stopped waiting before the file was free leaves no record."""
+    dlq: DeadLetterQueue[int] = DeadLetterQueue(tmp_path / "dlq.ndjson")
+    dlq._lock.acquire()  # another save is stuck on the filesystem
+    try:
+        cancelled = asyncio.create_task(dlq.save([1, 2], "gave up"))
+        await asyncio.sleep(0)  # let it start its thread
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        later = asyncio.create_task(dlq.save([3], "kept"))
+    finally:
+        dlq._lock.release()
+    await later
+    await asyncio.to_thread(_join_save_threads)
+    assert [record.items for record in await dlq.replay()] == [[3]]
+
+
+def _join_save_threads() -> None:
+    for thread in threading.enumerate():
+        if thread.name == "mds-dlq-save":
+            thread.join(timeout=5)
+
+
+async def test_save_does_not_encode_on_the_event_loop(tmp_path: Path) -> None:
+    """Items are encoded in the save's own thread, never on the loop's."""
+    loop_thread = threading.get_ident()
+    threads: set[int] = set()
+
+    def encoder(item: Opaque) -> str:
+        threads.add(threading.get_ident())
+        return item.key
+
+    dlq: DeadLetterQueue[Opaque] = DeadLetterQueue(tmp_path / "dlq.ndjson", encoder=encoder)
+    await dlq.save([Opaque("a"), Opaque("b")], "rejected")
+    assert threads and loop_thread not in threads
+    assert (await dlq.replay())[0].items == ["a", "b"]

@@ -83,6 +83,14 @@ def test_invalid_retry_policy_raises_config_error_naming_the_argument(
         RetryPolicy(**kwargs)
 
 
+class _DriverGlitch(Exception):
+    """An exception type the classifier has never heard of (e.g. a driver's own)."""
+
+
+class _Fatal(BaseException):
+    """A BaseException that is not an Exception."""
+
+
 class _Flagged(Exception):
     def __init__(self, retryable: bool) -> None:
         super().__init__()
@@ -103,12 +111,15 @@ class _Flagged(Exception):
         (TimeoutError("slow"), True),
         (OSError("disk"), True),
         (RuntimeError("other"), True),
+        (_DriverGlitch("unknown to the classifier"), True),
+        (_Fatal("not an Exception"), True),
         (_Flagged(False), False),
         (_Flagged(True), True),
     ],
 )
 def test_default_retry_classifier(exc: BaseException, retryable: bool) -> None:
-    """SinkErrors and `retryable` attributes decide; data errors are permanent; I/O is retried."""
+    """SinkErrors and `retryable` attributes decide; data errors are permanent; anything
+    else (I/O, unknown driver errors, other BaseExceptions) is retried."""
     assert default_retry_classifier(exc) is retryable
 
 
