@@ -97,7 +97,7 @@ async def produce(
         if controller is not None:
             await controller.acquire(CHUNK)
         await coord.submit_many(items)
-        peak[0] = max(peak[0], coord.queue.size())  # the queue only grows here
+        peak[0] = max(peak[0], coord.queue.size)  # the queue only grows here
         next_at = max(next_at + CHUNK / offered_rate, loop.time())
         await asyncio.sleep(next_at - loop.time())
 
