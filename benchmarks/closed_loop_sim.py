@@ -180,7 +180,7 @@ async def produce(
         await controller.acquire(chunk)
         await coord.submit_many(items)
         counts.append((loop.time(), chunk))
-        peak[0] = max(peak[0], coord.queue.size())  # the queue only grows here
+        peak[0] = max(peak[0], coord.queue.size)  # the queue only grows here
         next_at = max(next_at + chunk / offered_rate, loop.time())
         await asyncio.sleep(next_at - loop.time())
 

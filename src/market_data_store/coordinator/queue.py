@@ -65,6 +65,12 @@ class BoundedQueue(Generic[T]):
     ``put`` blocks, drops the oldest item or raises ``QueueFullError`` when full, as
     ``overflow_strategy`` says. ``on_high`` runs on entering HARD and ``on_low`` on HARD -> OK;
     they and async drop callbacks run in order in a background task, never on the producer.
+
+    ``high_watermark``: size at which the level becomes HARD (default 80 % of capacity).
+    ``low_watermark``: size above which OK becomes SOFT (default 50 % of capacity).
+    ``recover_watermark``: size at or below which SOFT and HARD return to OK (default
+    ``max(0, low - max(1, capacity // 20))``; ``0 <= recover_watermark <= low_watermark``).
+    The band between it and ``high_watermark`` keeps the level from flapping.
     """
 
     def __init__(
@@ -73,6 +79,7 @@ class BoundedQueue(Generic[T]):
         high_watermark: int | None = None,
         low_watermark: int | None = None,
         *,
+        recover_watermark: int | None = None,
         coord_id: str = "default",
         overflow_strategy: OverflowStrategy = "block",
         on_high: BackpressureCallback | None = None,
@@ -94,6 +101,15 @@ class BoundedQueue(Generic[T]):
                     f"low_watermark must satisfy 0 <= low_watermark < high_watermark ({high}), "
                     f"got {low!r}"
                 )
+        if recover_watermark is None:
+            recover = max(0, low - max(1, capacity // 20))
+        else:
+            recover = recover_watermark
+            if isinstance(recover, bool) or not isinstance(recover, int) or not 0 <= recover <= low:
+                raise ConfigError(
+                    f"recover_watermark must be an int with 0 <= recover_watermark <= "
+                    f"low_watermark ({low}), got {recover!r}"
+                )
         if overflow_strategy not in OVERFLOW_STRATEGIES:
             raise ConfigError(
                 f"overflow_strategy must be one of {', '.join(OVERFLOW_STRATEGIES)}, "
@@ -102,6 +118,7 @@ class BoundedQueue(Generic[T]):
         self._capacity = capacity
         self._high = high
         self._low = low
+        self._recover = recover
         self._coord_id = coord_id
         self._strategy = overflow_strategy
         self._on_high = on_high
@@ -136,8 +153,13 @@ class BoundedQueue(Generic[T]):
 
     @property
     def low_watermark(self) -> int:
-        """Size at or below which the level returns to OK."""
+        """Size above which OK becomes SOFT."""
         return self._low
+
+    @property
+    def recover_watermark(self) -> int:
+        """Size at or below which SOFT and HARD return to OK."""
+        return self._recover
 
     @property
     def coord_id(self) -> str:
@@ -154,6 +176,7 @@ class BoundedQueue(Generic[T]):
         """True once ``close()`` was called."""
         return self._closed
 
+    @property
     def size(self) -> int:
         """Number of queued items."""
         return len(self._items)
@@ -472,11 +495,11 @@ class BoundedQueue(Generic[T]):
     def _update_level(self) -> None:
         size = len(self)
         old = self._level
-        if old is HARD:
-            new = OK if size <= self._low else HARD
-        elif size >= self._high:
+        if old is not OK and size <= self._recover:
+            new = OK
+        elif old is HARD or size >= self._high:
             new = HARD
-        elif size > self._low:
+        elif old is SOFT or size > self._low:
             new = SOFT
         else:
             new = OK
@@ -486,9 +509,9 @@ class BoundedQueue(Generic[T]):
         if new is OK:
             self._up_at, self._down_at = self._low, -1
         elif new is SOFT:
-            self._up_at, self._down_at = self._high - 1, self._low
+            self._up_at, self._down_at = self._high - 1, self._recover
         else:
-            self._up_at, self._down_at = _NEVER, self._low
+            self._up_at, self._down_at = _NEVER, self._recover
         self.emit_feedback(new, "queue_recovered" if new is OK else None)
         if new is HARD and self._on_high is not None:
             self._callbacks.call(self._on_high)

@@ -41,6 +41,7 @@ class CoordinatorRuntimeSettings(MdsSettings):
     flush_interval: float = Field(default=0.25, gt=0, le=3600)
     high_watermark: int | None = Field(default=None, gt=0)
     low_watermark: int | None = Field(default=None, ge=0)
+    recover_watermark: int | None = Field(default=None, ge=0)
     overflow_strategy: Literal["block", "drop_oldest", "error"] = "block"
     retry_max_attempts: int = Field(default=5, ge=1)
     retry_initial_backoff_ms: float = Field(default=50, ge=0)
@@ -65,9 +66,22 @@ class CoordinatorRuntimeSettings(MdsSettings):
                 f"MDS_LOW_WATERMARK must satisfy 0 <= MDS_LOW_WATERMARK < high watermark "
                 f"({effective_high}), got {self.low_watermark}"
             )
+        self._check_recover_watermark(effective_high)
         if self.retry_max_backoff_ms < self.retry_initial_backoff_ms:
             raise ValueError(
                 "MDS_RETRY_MAX_BACKOFF_MS must be >= MDS_RETRY_INITIAL_BACKOFF_MS "
                 f"({self.retry_initial_backoff_ms}), got {self.retry_max_backoff_ms}"
             )
         return self
+
+    def _check_recover_watermark(self, high: int) -> None:
+        if self.recover_watermark is None:
+            return
+        low = self.low_watermark
+        if low is None:
+            low = min(self.capacity // 2, high - 1)
+        if self.recover_watermark > low:
+            raise ValueError(
+                f"MDS_RECOVER_WATERMARK must satisfy 0 <= MDS_RECOVER_WATERMARK <= low "
+                f"watermark ({low}), got {self.recover_watermark}"
+            )

@@ -74,6 +74,9 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
 
     Lifecycle: new -> running (``start``) -> stopping -> stopped (``stop``); a stopped
     coordinator cannot be restarted. ``async with`` starts and stops it.
+
+    ``recover_watermark``: queue size at or below which SOFT and HARD return to OK (see
+    ``BoundedQueue``; default ``max(0, low - max(1, capacity // 20))``).
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         flush_interval: float = 0.25,
         high_watermark: int | None = None,
         low_watermark: int | None = None,
+        recover_watermark: int | None = None,
         overflow_strategy: OverflowStrategy = "block",
         on_backpressure_high: BackpressureCallback | None = None,
         on_backpressure_low: BackpressureCallback | None = None,
@@ -117,6 +121,7 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
             capacity,
             high_watermark,
             low_watermark,
+            recover_watermark=recover_watermark,
             coord_id=coord_id,
             overflow_strategy=overflow_strategy,
             on_high=on_backpressure_high,
@@ -156,6 +161,7 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
             "flush_interval": s.flush_interval,
             "high_watermark": s.high_watermark,
             "low_watermark": s.low_watermark,
+            "recover_watermark": s.recover_watermark,
             "overflow_strategy": s.overflow_strategy,
             "coord_id": s.coord_id,
             "retry_policy": RetryPolicy(

@@ -79,7 +79,7 @@ async def test_error_strategy_raises_queue_full_and_keeps_contents() -> None:
     q = await filled(2, overflow_strategy="error")
     with pytest.raises(QueueFullError):
         await q.put("x")
-    assert q.size() == 2
+    assert q.size == 2
     assert q.stats().dropped == 0
 
 
@@ -89,7 +89,7 @@ async def test_error_strategy_put_many_is_all_or_nothing() -> None:
     await q.put(0)
     with pytest.raises(QueueFullError):
         await q.put_many([1, 2, 3, 4])
-    assert q.size() == 1
+    assert q.size == 1
     assert await q.put_many([1, 2, 3]) == 3
     assert [q.get_nowait() for _ in range(4)] == [0, 1, 2, 3]
 
@@ -119,7 +119,7 @@ async def test_two_blocked_put_many_producers_both_finish() -> None:
             await asyncio.sleep(0)  # a consumer that yields between items
         await asyncio.gather(first, second)
     assert sorted(map(str, got)) == sorted(map(str, [0, 1, "a1", "a2", "a3", "b1", "b2", "b3"]))
-    assert q.size() == 0
+    assert q.size == 0
 
 
 # -- nowait pairs, timeouts, batches -------------------------------------------------------
@@ -167,7 +167,7 @@ async def test_get_batch_returns_at_once_when_max_items_are_queued() -> None:
     started = loop.time()
     assert await q.get_batch(5, linger=10.0) == [0, 1, 2, 3, 4]
     assert loop.time() - started < 1.0
-    assert q.size() == 2
+    assert q.size == 2
 
 
 async def test_get_batch_returns_a_partial_batch_after_the_linger_time() -> None:
@@ -225,7 +225,7 @@ async def test_close_wakes_waiting_getters_and_putters() -> None:
             await putter
         with pytest.raises(QueueClosedError):
             await many
-    assert full.size() == 1
+    assert full.size == 1
 
 
 async def test_closed_queue_refuses_puts_but_hands_out_what_is_left() -> None:
@@ -255,7 +255,7 @@ async def test_cancelled_getter_leaves_size_and_level_exact() -> None:
     await settle()
     assert getter.cancelled()
     await q.put_many([1, 2, 3])
-    assert (q.size(), q.level) == (3, HARD)
+    assert (q.size, q.level) == (3, HARD)
     assert await q.get(timeout=DEADLINE) == 1
 
 
@@ -270,7 +270,7 @@ async def test_cancelling_a_woken_getter_passes_the_item_to_another_getter() -> 
     async with asyncio.timeout(DEADLINE):
         assert await second == "x"
     assert first.cancelled()
-    assert q.size() == 0
+    assert q.size == 0
 
 
 async def test_cancelling_a_woken_batch_getter_passes_the_items_on() -> None:
@@ -294,9 +294,9 @@ async def test_cancelled_putter_leaves_size_and_level_exact() -> None:
     putter.cancel()
     await settle()
     assert putter.cancelled()
-    assert (q.size(), q.level) == (4, HARD)
+    assert (q.size, q.level) == (4, HARD)
     assert [q.get_nowait() for _ in range(4)] == [0, 1, 2, 3]
-    assert (q.size(), q.level) == (0, OK)
+    assert (q.size, q.level) == (0, OK)
 
 
 async def test_cancelling_a_woken_putter_passes_the_slot_to_another_putter() -> None:
@@ -353,11 +353,11 @@ async def test_on_high_fires_on_entering_hard_and_on_low_on_recovery() -> None:
     await q.put_many([7, 8, 9])  # HARD
     await q.join_callbacks()
     assert (q.level, calls) == (HARD, ["high"])
-    for _ in range(4):  # 6 left: still HARD (hysteresis)
+    for _ in range(5):  # 5 left, at the low watermark: still HARD (hysteresis)
         q.get_nowait()
     await q.join_callbacks()
     assert (q.level, calls) == (HARD, ["high"])
-    q.get_nowait()  # 5 left: at the low watermark -> OK
+    q.get_nowait()  # 4 left: at the default recover watermark (5 - 1) -> OK
     await q.join_callbacks()
     assert (q.level, calls) == (OK, ["high", "low"])
 
