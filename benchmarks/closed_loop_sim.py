@@ -133,6 +133,7 @@ class Scenario:
     producers: int = 1
     duration: float = 20.0
     steps: tuple[tuple[float, float], ...] = ()  # (time, factor applied to the sink's rate)
+    batch_band: bool = False  # recover_watermark = low - batch_size (default: low - cap/20)
 
     @property
     def label(self) -> str:
@@ -200,8 +201,16 @@ async def run(scenario: Scenario) -> Result:
     levels = LevelLog()
     bus.subscribe(levels)
     sink = SimulatedSink(scenario.sink_rate)
+    recover = None
+    if scenario.batch_band:  # the band below low at least one batch wide (a proposal)
+        low = scenario.capacity // 2
+        recover = max(0, low - max(scenario.batch_size, scenario.capacity // 20))
     coord: WriteCoordinator[int] = WriteCoordinator(
-        sink=sink, capacity=scenario.capacity, batch_size=scenario.batch_size, bus=bus
+        sink=sink,
+        capacity=scenario.capacity,
+        batch_size=scenario.batch_size,
+        recover_watermark=recover,
+        bus=bus,
     )
     offered = 2 * scenario.sink_rate / scenario.producers
     chunk = max(1, round(scenario.sink_rate / 100))
@@ -267,10 +276,10 @@ def row(r: Result) -> str:
     )
 
 
-def matrix() -> list[Scenario]:
+def matrix(batch_band: bool = False) -> list[Scenario]:
     steps = ((10.0, 0.5), (20.0, 2.0))
     return [
-        Scenario(rate, int(rate * queue_sec), batch, producers, duration=30.0, steps=steps)
+        Scenario(rate, int(rate * queue_sec), batch, producers, 30.0, steps, batch_band)
         for rate in (1_000, 10_000, 100_000)
         for queue_sec in (1, 10)
         for batch in (100, 1_000)
@@ -281,6 +290,11 @@ def matrix() -> list[Scenario]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--matrix", action="store_true", help="also run the scenario matrix")
+    parser.add_argument(
+        "--batch-band",
+        action="store_true",
+        help="matrix with recover_watermark = low - batch_size (a queue-side proposal)",
+    )
     parser.add_argument("--duration", type=float, default=20.0, help="default run, seconds")
     parser.add_argument("--sink-rate", type=float, default=5000.0, help="default run, items/s")
     parser.add_argument("--capacity", type=int, default=10_000, help="default run, queue size")
@@ -291,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     default = Scenario(
         args.sink_rate, args.capacity, args.batch_size, args.producers, duration=args.duration
     )
-    scenarios: list[Any] = [default, *(matrix() if args.matrix else [])]
+    scenarios: list[Any] = [default, *(matrix(args.batch_band) if args.matrix else [])]
     print(HEADER)
     results = []
     for scenario in scenarios:

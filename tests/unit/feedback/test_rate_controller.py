@@ -86,23 +86,27 @@ async def test_default_floor_is_one_percent_of_max_rate(clock: FakeClock) -> Non
     assert rc.rate == pytest.approx(10)
 
 
-async def test_ok_grows_rate_gradually_by_increase_per_sec(clock: FakeClock) -> None:
-    """After OK the rate grows by increase_per_sec per second held back, not in one jump."""
+async def test_ok_probe_starts_at_increase_per_sec_and_doubles_every_second(
+    clock: FakeClock,
+) -> None:
+    """After OK the rate grows by increase_per_sec per second held back, doubling each second."""
     rc = make(clock, increase_per_sec=50)
     await rc(event(HARD, 1))
     await rc(event(OK, 2))
     assert rc.rate == pytest.approx(500)
-    await produce(rc, clock, 2.0)
-    assert rc.rate == pytest.approx(600, abs=2)
+    await produce(rc, clock, 1.0)
+    assert rc.rate == pytest.approx(500 + 50 / math.log(2), abs=2)  # integral of 50 * 2**t
+    await produce(rc, clock, 1.0)
+    assert rc.rate == pytest.approx(500 + 150 / math.log(2), abs=2)
 
 
-async def test_default_increase_is_1_5_percent_of_max_rate_per_second(clock: FakeClock) -> None:
-    """Without increase_per_sec, the rate grows by 1.5 % of max_rate per second held back."""
+async def test_default_probe_starts_at_1_5_percent_of_max_rate(clock: FakeClock) -> None:
+    """Without increase_per_sec the probe starts at 1.5 % of max_rate per second held back."""
     rc = make(clock)
     await rc(event(HARD, 1))
     await rc(event(OK, 2))
-    await produce(rc, clock, 4.0)
-    assert rc.rate == pytest.approx(560, abs=2)
+    await produce(rc, clock, 2.0)
+    assert rc.rate == pytest.approx(500 + 15 * 3 / math.log(2), abs=2)
 
 
 async def test_rate_never_exceeds_max_rate(clock: FakeClock) -> None:
