@@ -59,7 +59,7 @@ OK, SOFT, HARD = BackpressureLevel.OK, BackpressureLevel.SOFT, BackpressureLevel
 DEFAULT_MIN_RATE_FRACTION = 0.01
 DEFAULT_INCREASE_FRACTION = 0.015
 """The probe's first step, per second, as a fraction of ``max_rate``."""
-PROBE_DOUBLING_SEC = 1.0
+PROBE_DOUBLING_SEC = 0.7
 """The probe's step doubles for every this many seconds held back in one OK spell."""
 DRAIN_SEC = 2.0
 """On HARD the margin below the estimated drain aims to empty the queue in this long."""
@@ -79,6 +79,11 @@ MAX_PRODUCERS = 64.0
 """Bound of the estimated number of producers' worth of traffic the queue receives."""
 UNMEASURED_RAISE = 1.25
 """Until the share of traffic is measured, an estimate raises the rate at most this much."""
+HOLD_BIAS = 0.01
+"""The hold runs this much below the estimate: an estimate a little high would carry the
+queue up to HARD (three level changes and a deep cut), one a little low only down to OK."""
+CONSISTENT_FRACTION = 0.2
+"""Two successive intervals whose estimates differ by less than this are averaged."""
 _SLOPE_MIN_CHANGE = 0.25  # own rate must change by 25 % between intervals to measure a slope
 
 BURST_SEC = 0.1
@@ -106,6 +111,11 @@ class _Interval:
     admitted_rate: float
     growth: float
     used: bool  # the producer admitted most of what its allowance let through
+    span: float  # seconds
+
+    def share(self, producers: float) -> float:
+        """This producer's share of the drain, items/s."""
+        return self.admitted_rate - self.growth / producers
 
 
 @dataclass(slots=True)
@@ -119,6 +129,7 @@ class _CoordinatorState:
     hard_cut_at: float = -math.inf
     last: _Sample | None = None
     interval: _Interval | None = None
+    previous: _Interval | None = None
     producers: float = 1.0  # producers' worth of traffic, as seen from this one
     producers_measured: bool = False
     probe_sec: float = 0.0  # seconds held back in the current OK spell
@@ -221,7 +232,17 @@ class RateController(AsyncStartStop):
         state = self._states.get(coordinator_id)
         if state is None or state.interval is None:
             return None
-        share = state.interval.admitted_rate - state.interval.growth / state.producers
+        share = state.interval.share(state.producers)
+        previous = state.previous
+        if previous is not None and share > 0:
+            # An event's queue_size is caught mid-sawtooth (a worker takes a whole batch at
+            # once), so an interval ending on an OK overestimates the drain and the one
+            # starting there underestimates it: over both the error cancels. Unless the
+            # two disagree: then the sink changed, and only the newest counts.
+            older = previous.share(state.producers)
+            if abs(older - share) <= CONSISTENT_FRACTION * share:
+                span = state.interval.span + previous.span
+                share = (share * state.interval.span + older * previous.span) / span
         return share if share > 0 else None
 
     async def acquire(self, n: float = 1) -> None:
@@ -304,8 +325,10 @@ class RateController(AsyncStartStop):
             admitted_rate=admitted / received_span,
             growth=(sample.queue_size - last.queue_size) / span,
             used=admitted >= USED_FRACTION * (sample.allowed - last.allowed),
+            span=span,
         )
-        previous, state.interval = state.interval, interval
+        previous = state.previous = state.interval
+        state.interval = interval
         if previous is None:
             return
         own_change = interval.admitted_rate - previous.admitted_rate
@@ -355,7 +378,7 @@ class RateController(AsyncStartStop):
                 rate = min(rate, UNMEASURED_RAISE * max(state.rate, interval.admitted_rate))
         self._set(state, rate)
         if step and state.level is not OK:  # in OK the probe takes over from here
-            state.hold_rate = share
+            state.hold_rate = share * (1 - HOLD_BIAS)
             seconds = (target - event.queue_size) / state.producers / step
             state.move_until = now + seconds
 
