@@ -1,7 +1,8 @@
 """Closed-loop simulation: producers paced by RateControllers against a sink of known capacity.
 
-Everything runs on a virtual clock: an asyncio event loop whose ``time()`` only moves when every
-task is waiting, and then jumps straight to the next timer. The real ``WriteCoordinator``,
+Everything runs on a virtual clock (``market_data_store.testing.virtual_time``): an asyncio
+event loop whose ``time()`` only moves when every task is waiting, and then jumps straight to
+the next timer. The real ``WriteCoordinator``,
 ``BoundedQueue``, ``FeedbackBus`` and ``RateController`` run unchanged on it (the controller's
 clock is ``loop.time`` and its sleep ``asyncio.sleep``); only the sink and the producers are
 simulated. Results therefore do not depend on how busy the machine is, and a 30 s scenario
@@ -26,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import selectors
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -36,56 +35,14 @@ from typing import Any
 from loguru import logger
 
 from market_data_store.coordinator.write_coordinator import WriteCoordinator
-from market_data_store.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
+from market_data_store.feedback import BackpressureLevel, FeedbackEvent
 from market_data_store.feedback.rate_controller import RateController
+from market_data_store.testing.virtual_time import LoopTimeBus, run_virtual
 
 SETTLE_SEC = 3.0  # throughput is judged from this long after the start and after each step
 GOAL_UTILIZATION = 0.98
 GOAL_CHANGES_PER_SEC = 0.5
 GOAL_SHARE_TOLERANCE = 0.05  # each of 4 producers gets 25 % +- 5 %
-
-
-# -- virtual time ------------------------------------------------------------------------------
-
-
-class _VirtualClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-
-class _VirtualTimeSelector(selectors.DefaultSelector):
-    """Polls real I/O without blocking; when nothing is ready, jumps to the next timer."""
-
-    def __init__(self, clock: _VirtualClock) -> None:
-        super().__init__()
-        self._clock = clock
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        ready = super().select(0)
-        if not ready:
-            if timeout is None:  # no timer at all: only real I/O (another thread) can wake us
-                return super().select(None)
-            self._clock.now += timeout
-        return ready
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An event loop on a virtual clock: sleeping costs no real time."""
-
-    def __init__(self) -> None:
-        self._virtual = _VirtualClock()
-        super().__init__(_VirtualTimeSelector(self._virtual))
-
-    def time(self) -> float:
-        return self._virtual.now
-
-
-class StampingBus(FeedbackBus):
-    """A bus that stamps each event with the loop's (virtual) time, as emission would."""
-
-    def publish_nowait(self, event: FeedbackEvent) -> None:
-        now = asyncio.get_running_loop().time()
-        super().publish_nowait(dataclasses.replace(event, ts=now))
 
 
 # -- the simulated parts -----------------------------------------------------------------------
@@ -197,7 +154,7 @@ async def change_capacity(sink: SimulatedSink, steps: tuple[tuple[float, float],
 async def run(scenario: Scenario) -> Result:
     """One scenario on the running (virtual-time) loop."""
     loop = asyncio.get_running_loop()
-    bus = StampingBus()
+    bus = LoopTimeBus()
     levels = LevelLog()
     bus.subscribe(levels)
     sink = SimulatedSink(scenario.sink_rate)
@@ -252,11 +209,7 @@ async def run(scenario: Scenario) -> Result:
 
 def simulate(scenario: Scenario) -> Result:
     """Run one scenario in a fresh virtual-time event loop."""
-    loop = VirtualTimeLoop()
-    try:
-        return loop.run_until_complete(run(scenario))
-    finally:
-        loop.close()
+    return run_virtual(run(scenario))
 
 
 # -- reporting ---------------------------------------------------------------------------------
