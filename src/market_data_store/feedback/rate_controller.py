@@ -311,11 +311,13 @@ class RateController(AsyncStartStop):
 
     def _measure(self, state: _CoordinatorState, sample: _Sample) -> None:
         """Turn the time since the previous event into an interval, and learn from it."""
+        if not math.isfinite(sample.ts):
+            return
         last = state.last
-        if last is None:
+        span = math.inf if last is None else sample.ts - last.ts
+        if last is None or span < 0:  # the first event, or the coordinator's clock went back
             state.last = sample
             return
-        span = sample.ts - last.ts
         received_span = sample.received_at - last.received_at
         if span < MIN_SAMPLE_SEC or received_span <= 0:
             return  # too short to measure: the next interval starts from the same event

@@ -136,6 +136,28 @@ async def test_a_stale_event_does_not_move_the_estimate(clock: FakeClock) -> Non
     assert rc.drain_estimate("a") == pytest.approx(500, rel=0.1)
 
 
+async def test_a_non_finite_ts_or_a_clock_stepped_back_measures_nothing(
+    clock: FakeClock,
+) -> None:
+    """Events stamped NaN or inf measure nothing; after the coordinator's clock steps back,
+    measuring starts again from the first event on the new clock."""
+    rc = make(clock)
+    drain, size = 400.0, 20_000.0
+    await rc(at(clock, SOFT, 1, size))
+    for seq, ts in [(2, math.nan), (3, math.inf)]:
+        await rc(FeedbackEvent("a", 0, 100_000, HARD, ts=ts, seq=seq))
+    assert rc.drain_estimate("a") is None
+    start = clock.now
+    size += await produce(rc, clock, 1.0) - drain * (clock.now - start)
+    stepped = FeedbackEvent("a", round(size), 100_000, HARD, ts=clock.now - 100, seq=4)
+    await rc(stepped)  # 101 s before the first event: not a measurement
+    assert rc.drain_estimate("a") is None
+    start = clock.now
+    size += await produce(rc, clock, 1.0) - drain * (clock.now - start)
+    await rc(FeedbackEvent("a", round(size), 100_000, OK, ts=clock.now - 100, seq=5))
+    assert rc.drain_estimate("a") == pytest.approx(drain, rel=0.1)
+
+
 async def test_estimates_of_two_coordinators_are_kept_apart(clock: FakeClock) -> None:
     """Each coordinator's events measure its own queue: b's events leave a's estimate alone."""
     rc = make(clock)
