@@ -4,6 +4,12 @@ Waiter futures are made only when a caller must wait. Level changes are checked 
 integer comparison per operation (``_up_at`` / ``_down_at`` hold the sizes at which the next
 transition can happen) and evaluated in ``_update_level``, the one place the state machine of
 DESIGN.md section 4 lives.
+
+The per-item paths go further: ``_put_below`` and ``_get_above`` are the sizes between which a
+put may just append and a get may just pop, because nothing else can happen there (no level
+boundary, no waiter to wake, room left, queue open). ``_refresh_fast_paths`` recomputes both
+wherever a watermark boundary, the waiters or the closed flag change, so that one integer
+comparison guards each fast path.
 """
 
 from __future__ import annotations
@@ -138,6 +144,9 @@ class BoundedQueue(Generic[T]):
         self._level = OK
         self._up_at = low  # size > _up_at may raise the level
         self._down_at = -1  # size <= _down_at may lower it
+        self._put_below = 0  # len < _put_below: put only appends (see the module docstring)
+        self._get_above = 0  # len > _get_above: get only pops
+        self._refresh_fast_paths()
 
     # -- introspection -------------------------------------------------------------------
 
@@ -201,6 +210,9 @@ class BoundedQueue(Generic[T]):
     async def put(self, item: T) -> None:
         """Add ``item``; when full, wait, drop the oldest or raise, per the overflow strategy."""
         items = self._items
+        if len(items) < self._put_below:  # nothing but the append can happen
+            items.append(item)
+            return
         if len(items) < self._capacity and not self._putters and not self._closed:
             items.append(item)
             size = len(items)
@@ -292,6 +304,7 @@ class BoundedQueue(Generic[T]):
     async def _wait_for_room(self) -> None:
         fut = asyncio.get_running_loop().create_future()
         self._putters.append(fut)
+        self._refresh_fast_paths()
         try:
             await fut
         except asyncio.CancelledError:
@@ -308,13 +321,17 @@ class BoundedQueue(Generic[T]):
             self._putters.remove(fut)
         except ValueError:
             pass
+        self._refresh_fast_paths()
 
     def _wake_putter(self) -> None:
-        while self._putters:
-            fut = self._putters.popleft()
+        putters = self._putters
+        while putters:
+            fut = putters.popleft()
             if not fut.done():
                 fut.set_result(None)
-                return
+                break
+        if not putters:
+            self._refresh_fast_paths()
 
     def _drop_oldest(self, count: int) -> None:
         if count <= 0:
@@ -345,7 +362,9 @@ class BoundedQueue(Generic[T]):
     async def get(self, timeout: float | None = None) -> T:
         """Remove and return the oldest item, waiting up to ``timeout`` s (``TimeoutError``)."""
         items = self._items
-        if items:  # fast path, inlined: this runs once per item
+        if len(items) > self._get_above:  # nothing but the pop can happen
+            return items.popleft()
+        if items:
             item = items.popleft()
             if len(items) <= self._down_at:
                 self._update_level()
@@ -450,6 +469,18 @@ class BoundedQueue(Generic[T]):
                 wake_at = claimed + getter.need
             claimed += getter.take
         self._wake_at = wake_at
+        self._refresh_fast_paths()
+
+    def _refresh_fast_paths(self) -> None:
+        """Recompute the sizes that guard the fast paths of put and get."""
+        if self._putters:  # a get must wake one; a put must queue behind them
+            self._put_below, self._get_above = -1, _NEVER
+            return
+        self._get_above = self._down_at + 1
+        if self._closed:
+            self._put_below = -1
+        else:
+            self._put_below = min(self._capacity, self._up_at, self._wake_at - 1)
 
     def _wake_getters(self) -> None:
         budget = len(self) - self._pending_take
@@ -481,6 +512,7 @@ class BoundedQueue(Generic[T]):
             fut = self._putters.popleft()
             if not fut.done():
                 fut.set_result(None)
+        self._refresh_fast_paths()
 
     def drain_nowait(self) -> list[T]:
         """Remove and return every queued item at once."""
@@ -512,6 +544,7 @@ class BoundedQueue(Generic[T]):
             self._up_at, self._down_at = self._high - 1, self._recover
         else:
             self._up_at, self._down_at = _NEVER, self._recover
+        self._refresh_fast_paths()
         self.emit_feedback(new, "queue_recovered" if new is OK else None)
         if new is HARD and self._on_high is not None:
             self._callbacks.call(self._on_high)
