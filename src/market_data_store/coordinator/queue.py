@@ -144,6 +144,8 @@ class BoundedQueue(Generic[T]):
         self._level = OK
         self._up_at = low  # size > _up_at may raise the level
         self._down_at = -1  # size <= _down_at may lower it
+        self._deep_above = _NEVER  # more queued than this: get_batch may take _deep_max_items
+        self._deep_max_items = 0
         self._put_below = 0  # len < _put_below: put only appends (see the module docstring)
         self._get_above = 0  # len > _get_above: get only pops
         self._refresh_fast_paths()
@@ -384,17 +386,33 @@ class BoundedQueue(Generic[T]):
             await self._wait_for_items(1, 1, remaining, lingering=False)
         return self._popleft()
 
+    def set_deep_batches(self, above: int, max_items: int) -> None:
+        """Let ``get_batch`` take up to ``max_items`` while more than ``above`` are queued.
+
+        A deep queue then drains in fewer, larger batches; a shallow one is unaffected.
+        """
+        check_range("above", above, lo=0)
+        check_range("max_items", max_items, lo=0, lo_open=True)
+        self._deep_above = above
+        self._deep_max_items = max_items
+
+    def _batch_limit(self, max_items: int) -> int:
+        if len(self._items) > self._deep_above and self._deep_max_items > max_items:
+            return self._deep_max_items
+        return max_items
+
     async def get_batch(self, max_items: int, linger: float = 0.0) -> list[T]:
         """Take up to ``max_items`` items, waiting for the first one as long as it takes.
 
         Once at least one item is queued, wait up to ``linger`` seconds for a full batch.
-        Returns an empty list only when the queue is closed and empty.
+        Returns an empty list only when the queue is closed and empty. While the queue is
+        deep (see ``set_deep_batches``) the batch may be larger than ``max_items``.
         """
         loop = asyncio.get_running_loop()
         while True:
             size = len(self._items)
             if size >= max_items or (size and (linger <= 0 or self._closed)):
-                return self._take(max_items)
+                return self._take(self._batch_limit(max_items))
             if size == 0:
                 if self._closed:
                     return []
@@ -407,7 +425,7 @@ class BoundedQueue(Generic[T]):
                     break
                 await self._wait_for_items(max_items, max_items, remaining, lingering=True)
             if len(self):
-                return self._take(max_items)
+                return self._take(self._batch_limit(max_items))
 
     def _take(self, max_items: int) -> list[T]:
         items = self._items
