@@ -28,11 +28,9 @@ EVENT_ROW = re.compile(r"^\s+(\d+)\s+(ok|soft|hard)\s+\d+/\d+\s+(\S+)\s+(yes|NO)
 
 
 def test_http_demo_runs(tmp_path: Path) -> None:
-    """The webhook demo writes every item and delivers signed events ending with OK "stopped".
-
-    What the queue reaches in the demo's half second depends on how busy the machine is, so
-    this checks what was delivered, not which levels were reached.
-    """
+    """The webhook demo writes every item and delivers signed events ending with OK "stopped"."""
+    # Which levels the queue reaches in half a second depends on how busy the machine is:
+    # check what was delivered, not which levels were reached.
     result = run_example("run_http_feedback_demo.py", "--duration", "0.5", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     counts = re.search(r"(\d+) items submitted, (\d+) written", result.stdout)
