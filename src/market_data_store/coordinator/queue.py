@@ -4,6 +4,12 @@ Waiter futures are made only when a caller must wait. Level changes are checked 
 integer comparison per operation (``_up_at`` / ``_down_at`` hold the sizes at which the next
 transition can happen) and evaluated in ``_update_level``, the one place the state machine of
 DESIGN.md section 4 lives.
+
+The per-item paths go further: ``_put_below`` and ``_get_above`` are the sizes between which a
+put may just append and a get may just pop, because nothing else can happen there (no level
+boundary, no waiter to wake, room left, queue open). ``_refresh_fast_paths`` recomputes both
+wherever a watermark boundary, the waiters or the closed flag change, so that one integer
+comparison guards each fast path.
 """
 
 from __future__ import annotations
@@ -138,6 +144,11 @@ class BoundedQueue(Generic[T]):
         self._level = OK
         self._up_at = low  # size > _up_at may raise the level
         self._down_at = -1  # size <= _down_at may lower it
+        self._deep_above = _NEVER  # more queued than this: get_batch may take _deep_max_items
+        self._deep_max_items = 0
+        self._put_below = 0  # len < _put_below: put only appends (see the module docstring)
+        self._get_above = 0  # len > _get_above: get only pops
+        self._refresh_fast_paths()
 
     # -- introspection -------------------------------------------------------------------
 
@@ -201,6 +212,9 @@ class BoundedQueue(Generic[T]):
     async def put(self, item: T) -> None:
         """Add ``item``; when full, wait, drop the oldest or raise, per the overflow strategy."""
         items = self._items
+        if len(items) < self._put_below:  # nothing but the append can happen
+            items.append(item)
+            return
         if len(items) < self._capacity and not self._putters and not self._closed:
             items.append(item)
             size = len(items)
@@ -292,6 +306,7 @@ class BoundedQueue(Generic[T]):
     async def _wait_for_room(self) -> None:
         fut = asyncio.get_running_loop().create_future()
         self._putters.append(fut)
+        self._refresh_fast_paths()
         try:
             await fut
         except asyncio.CancelledError:
@@ -308,13 +323,17 @@ class BoundedQueue(Generic[T]):
             self._putters.remove(fut)
         except ValueError:
             pass
+        self._refresh_fast_paths()
 
     def _wake_putter(self) -> None:
-        while self._putters:
-            fut = self._putters.popleft()
+        putters = self._putters
+        while putters:
+            fut = putters.popleft()
             if not fut.done():
                 fut.set_result(None)
-                return
+                break
+        if not putters:
+            self._refresh_fast_paths()
 
     def _drop_oldest(self, count: int) -> None:
         if count <= 0:
@@ -345,7 +364,9 @@ class BoundedQueue(Generic[T]):
     async def get(self, timeout: float | None = None) -> T:
         """Remove and return the oldest item, waiting up to ``timeout`` s (``TimeoutError``)."""
         items = self._items
-        if items:  # fast path, inlined: this runs once per item
+        if len(items) > self._get_above:  # nothing but the pop can happen
+            return items.popleft()
+        if items:
             item = items.popleft()
             if len(items) <= self._down_at:
                 self._update_level()
@@ -365,17 +386,33 @@ class BoundedQueue(Generic[T]):
             await self._wait_for_items(1, 1, remaining, lingering=False)
         return self._popleft()
 
+    def set_deep_batches(self, above: int, max_items: int) -> None:
+        """Let ``get_batch`` take up to ``max_items`` while more than ``above`` are queued.
+
+        A deep queue then drains in fewer, larger batches; a shallow one is unaffected.
+        """
+        check_range("above", above, lo=0)
+        check_range("max_items", max_items, lo=0, lo_open=True)
+        self._deep_above = above
+        self._deep_max_items = max_items
+
+    def _batch_limit(self, max_items: int) -> int:
+        if len(self._items) > self._deep_above and self._deep_max_items > max_items:
+            return self._deep_max_items
+        return max_items
+
     async def get_batch(self, max_items: int, linger: float = 0.0) -> list[T]:
         """Take up to ``max_items`` items, waiting for the first one as long as it takes.
 
         Once at least one item is queued, wait up to ``linger`` seconds for a full batch.
-        Returns an empty list only when the queue is closed and empty.
+        Returns an empty list only when the queue is closed and empty. While the queue is
+        deep (see ``set_deep_batches``) the batch may be larger than ``max_items``.
         """
         loop = asyncio.get_running_loop()
         while True:
             size = len(self._items)
             if size >= max_items or (size and (linger <= 0 or self._closed)):
-                return self._take(max_items)
+                return self._take(self._batch_limit(max_items))
             if size == 0:
                 if self._closed:
                     return []
@@ -388,7 +425,7 @@ class BoundedQueue(Generic[T]):
                     break
                 await self._wait_for_items(max_items, max_items, remaining, lingering=True)
             if len(self):
-                return self._take(max_items)
+                return self._take(self._batch_limit(max_items))
 
     def _take(self, max_items: int) -> list[T]:
         items = self._items
@@ -450,6 +487,18 @@ class BoundedQueue(Generic[T]):
                 wake_at = claimed + getter.need
             claimed += getter.take
         self._wake_at = wake_at
+        self._refresh_fast_paths()
+
+    def _refresh_fast_paths(self) -> None:
+        """Recompute the sizes that guard the fast paths of put and get."""
+        if self._putters:  # a get must wake one; a put must queue behind them
+            self._put_below, self._get_above = -1, _NEVER
+            return
+        self._get_above = self._down_at + 1
+        if self._closed:
+            self._put_below = -1
+        else:
+            self._put_below = min(self._capacity, self._up_at, self._wake_at - 1)
 
     def _wake_getters(self) -> None:
         budget = len(self) - self._pending_take
@@ -481,6 +530,7 @@ class BoundedQueue(Generic[T]):
             fut = self._putters.popleft()
             if not fut.done():
                 fut.set_result(None)
+        self._refresh_fast_paths()
 
     def drain_nowait(self) -> list[T]:
         """Remove and return every queued item at once."""
@@ -512,6 +562,7 @@ class BoundedQueue(Generic[T]):
             self._up_at, self._down_at = self._high - 1, self._recover
         else:
             self._up_at, self._down_at = _NEVER, self._recover
+        self._refresh_fast_paths()
         self.emit_feedback(new, "queue_recovered" if new is OK else None)
         if new is HARD and self._on_high is not None:
             self._callbacks.call(self._on_high)

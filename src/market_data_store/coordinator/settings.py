@@ -39,6 +39,7 @@ class CoordinatorRuntimeSettings(MdsSettings):
     workers: int = Field(default=4, gt=0, le=1024)
     batch_size: int = Field(default=500, gt=0)
     flush_interval: float = Field(default=0.25, gt=0, le=3600)
+    max_batch_size: int | None = Field(default=None, gt=0)
     high_watermark: int | None = Field(default=None, gt=0)
     low_watermark: int | None = Field(default=None, ge=0)
     recover_watermark: int | None = Field(default=None, ge=0)
@@ -67,6 +68,7 @@ class CoordinatorRuntimeSettings(MdsSettings):
                 f"({effective_high}), got {self.low_watermark}"
             )
         self._check_recover_watermark(effective_high)
+        self._check_max_batch_size()
         if self.retry_max_backoff_ms < self.retry_initial_backoff_ms:
             raise ValueError(
                 "MDS_RETRY_MAX_BACKOFF_MS must be >= MDS_RETRY_INITIAL_BACKOFF_MS "
@@ -84,4 +86,12 @@ class CoordinatorRuntimeSettings(MdsSettings):
             raise ValueError(
                 f"MDS_RECOVER_WATERMARK must satisfy 0 <= MDS_RECOVER_WATERMARK <= low "
                 f"watermark ({low}), got {self.recover_watermark}"
+            )
+
+    def _check_max_batch_size(self) -> None:
+        size = self.max_batch_size
+        if size is not None and not self.batch_size <= size <= self.capacity:
+            raise ValueError(
+                f"MDS_MAX_BATCH_SIZE must satisfy MDS_BATCH_SIZE ({self.batch_size}) <= "
+                f"MDS_MAX_BATCH_SIZE <= MDS_CAPACITY ({self.capacity}), got {size}"
             )

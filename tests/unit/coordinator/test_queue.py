@@ -25,6 +25,12 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def one_turn() -> None:
+    """One loop turn: a task created just before starts and blocks. A timer it set cannot
+    have fired yet, however slow the machine: due timers run in a later turn."""
+    await asyncio.sleep(0)
+
+
 async def filled(capacity: int = 4, **kwargs: Any) -> BoundedQueue[Any]:
     q = make(capacity, **kwargs)
     for i in range(capacity):
@@ -137,13 +143,14 @@ async def test_put_nowait_raises_when_full_and_get_nowait_when_empty() -> None:
 
 
 async def test_get_with_timeout_raises_timeout_error() -> None:
-    """get(timeout) on an empty queue raises TimeoutError after about the timeout."""
+    """get(timeout) on an empty queue waits, then raises TimeoutError when the time runs out."""
     q = make()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    with pytest.raises(TimeoutError):
-        await q.get(timeout=0.05)
-    assert 0.04 <= loop.time() - started < DEADLINE
+    getter = asyncio.create_task(q.get(timeout=0.05))
+    await one_turn()
+    assert not getter.done()  # it waits rather than failing at once
+    async with asyncio.timeout(DEADLINE):
+        with pytest.raises(TimeoutError):
+            await getter
     await q.put("after")
     assert await q.get(timeout=0.05) == "after"  # the expired waiter left nothing behind
 
@@ -163,21 +170,20 @@ async def test_get_batch_returns_at_once_when_max_items_are_queued() -> None:
     """get_batch returns max_items at once when that many are queued, without lingering."""
     q = make(10)
     await q.put_many(range(7))
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    assert await q.get_batch(5, linger=10.0) == [0, 1, 2, 3, 4]
-    assert loop.time() - started < 1.0
+    async with asyncio.timeout(DEADLINE):  # far below the linger time
+        assert await q.get_batch(5, linger=30.0) == [0, 1, 2, 3, 4]
     assert q.size == 2
 
 
 async def test_get_batch_returns_a_partial_batch_after_the_linger_time() -> None:
-    """get_batch with fewer items than max_items returns them once linger seconds pass."""
+    """get_batch with fewer items than max_items lingers, then returns them when linger ends."""
     q = make(10)
     await q.put_many([1, 2])
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    assert await q.get_batch(5, linger=0.05) == [1, 2]
-    assert 0.04 <= loop.time() - started < DEADLINE
+    batch = asyncio.create_task(q.get_batch(5, linger=0.05))
+    await one_turn()
+    assert not batch.done()  # it lingers for a fuller batch
+    async with asyncio.timeout(DEADLINE):
+        assert await batch == [1, 2]
 
 
 async def test_get_batch_lingering_returns_early_once_the_batch_fills() -> None:

@@ -1,4 +1,4 @@
-"""The queue-tuning knobs of the coordinator: recover watermark, from arguments and MDS_*."""
+"""Queue tuning of the coordinator (recover watermark, max batch size): arguments and MDS_*."""
 
 from __future__ import annotations
 
@@ -77,4 +77,35 @@ def test_invalid_mds_recover_watermark_names_the_variable(
         monkeypatch.setenv(name, other)
     monkeypatch.setenv("MDS_RECOVER_WATERMARK", value)
     with pytest.raises(ConfigError, match="MDS_RECOVER_WATERMARK"):
+        CoordinatorRuntimeSettings()
+
+
+def test_max_batch_size_is_read_from_mds_max_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MDS_MAX_BATCH_SIZE reaches the coordinator built by from_settings()."""
+    monkeypatch.setenv("MDS_MAX_BATCH_SIZE", "3000")
+    assert CoordinatorRuntimeSettings().max_batch_size == 3000
+    coord: WriteCoordinator[int] = WriteCoordinator.from_settings(
+        sink=NullSink(), bus=FeedbackBus()
+    )
+    assert coord.max_batch_size == 3000
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ({}, "0"),
+        ({}, "499"),  # below the default batch size (500)
+        ({}, "10001"),  # above the default capacity (10,000)
+        ({"MDS_BATCH_SIZE": "100", "MDS_CAPACITY": "1000"}, "1001"),
+        ({}, "many"),
+    ],
+)
+def test_invalid_mds_max_batch_size_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], value: str
+) -> None:
+    """MDS_MAX_BATCH_SIZE outside batch size..capacity raises ConfigError naming the variable."""
+    for name, other in env.items():
+        monkeypatch.setenv(name, other)
+    monkeypatch.setenv("MDS_MAX_BATCH_SIZE", value)
+    with pytest.raises(ConfigError, match="MDS_MAX_BATCH_SIZE"):
         CoordinatorRuntimeSettings()

@@ -151,6 +151,8 @@ def make(sink: Any, **kwargs: Any) -> WriteCoordinator[Any]:
     kwargs.setdefault("bus", FeedbackBus())
     kwargs.setdefault("flush_interval", 0.01)
     kwargs.setdefault("retry_policy", ZERO_WAIT)
+    if "batch_size" in kwargs:  # these tests count items per batch: no deep-queue batches
+        kwargs.setdefault("max_batch_size", kwargs["batch_size"])
     return WriteCoordinator(sink=sink, **kwargs)
 
 
