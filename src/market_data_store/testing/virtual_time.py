@@ -21,6 +21,8 @@ from market_data_store.feedback.events import FeedbackEvent
 
 T = TypeVar("T")
 
+_MIN_STEP_SEC = 1e-9
+
 
 class _VirtualClock:
     def __init__(self) -> None:
@@ -39,7 +41,9 @@ class _VirtualTimeSelector(selectors.DefaultSelector):
         if not ready:
             if timeout is None:  # no timer at all: only real I/O (another thread) can wake us
                 return super().select(None)
-            self._clock.now += timeout
+            # At least a nanosecond: the loop runs timers due within its clock resolution
+            # early, and a task sleeping less than that would otherwise spin at one instant.
+            self._clock.now += max(timeout, _MIN_STEP_SEC)
         return ready
 
 
