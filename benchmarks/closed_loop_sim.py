@@ -19,8 +19,9 @@ or 10 s of sink capacity, batch 100 / 1,000, 1 or 4 producers; the sink halves i
 10 s and doubles it back at 20 s; 30 s each. Goals per run: nothing dropped and the queue never
 full; >= 98 % of the sink's capacity used from 3 s after start and after each step to the end;
 < 0.5 level changes per second over the whole run; with 4 producers each gets 25 % +- 5 %.
-``--batch-band`` runs the matrix with ``recover_watermark = low - batch_size`` (a proposal:
-the default band, capacity // 20, is narrower than a batch in 8 of the 24 scenarios).
+``--batch-band`` runs with ``recover_watermark = low - the largest batch a worker takes``
+(a queue-side proposal: the default band, capacity // 20, is narrower than that batch in most
+scenarios, so one take can end SOFT).
 
     python benchmarks/closed_loop_sim.py [--matrix [--batch-band]] [--sink-rate 5000] ...
 """
@@ -36,7 +37,7 @@ from typing import Any
 
 from loguru import logger
 
-from market_data_store.coordinator.write_coordinator import WriteCoordinator
+from market_data_store.coordinator.write_coordinator import DEFAULT_MAX_BATCH_SIZE, WriteCoordinator
 from market_data_store.feedback import BackpressureLevel, FeedbackEvent
 from market_data_store.feedback.rate_controller import RateController
 from market_data_store.testing.virtual_time import LoopTimeBus, run_virtual
@@ -92,7 +93,8 @@ class Scenario:
     producers: int = 1
     duration: float = 20.0
     steps: tuple[tuple[float, float], ...] = ()  # (time, factor applied to the sink's rate)
-    batch_band: bool = False  # recover_watermark = low - batch_size (default: low - cap/20)
+    batch_band: bool = False  # recover_watermark = low - largest batch (default: low - cap/20)
+    no_deep_batches: bool = False  # max_batch_size = batch_size
 
     @property
     def label(self) -> str:
@@ -161,14 +163,18 @@ async def run(scenario: Scenario) -> Result:
     bus.subscribe(levels)
     sink = SimulatedSink(scenario.sink_rate)
     recover = None
-    if scenario.batch_band:  # the band below low at least one batch wide (a proposal)
+    if scenario.batch_band:  # the band below low at least one (largest) batch wide: a proposal
         low = scenario.capacity // 2
-        recover = max(0, low - max(scenario.batch_size, scenario.capacity // 20))
+        largest = max(scenario.batch_size, min(DEFAULT_MAX_BATCH_SIZE, scenario.capacity))
+        if scenario.no_deep_batches:
+            largest = scenario.batch_size
+        recover = max(0, low - max(largest, scenario.capacity // 20))
     coord: WriteCoordinator[int] = WriteCoordinator(
         sink=sink,
         capacity=scenario.capacity,
         batch_size=scenario.batch_size,
         recover_watermark=recover,
+        max_batch_size=scenario.batch_size if scenario.no_deep_batches else None,
         bus=bus,
     )
     offered = 2 * scenario.sink_rate / scenario.producers
@@ -231,10 +237,12 @@ def row(r: Result) -> str:
     )
 
 
-def matrix(batch_band: bool = False) -> list[Scenario]:
+def matrix(batch_band: bool = False, no_deep_batches: bool = False) -> list[Scenario]:
     steps = ((10.0, 0.5), (20.0, 2.0))
     return [
-        Scenario(rate, int(rate * queue_sec), batch, producers, 30.0, steps, batch_band)
+        Scenario(
+            rate, int(rate * queue_sec), batch, producers, 30.0, steps, batch_band, no_deep_batches
+        )
         for rate in (1_000, 10_000, 100_000)
         for queue_sec in (1, 10)
         for batch in (100, 1_000)
@@ -248,7 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--batch-band",
         action="store_true",
-        help="matrix with recover_watermark = low - batch_size (a queue-side proposal)",
+        help="recover_watermark = low - the largest batch (a queue-side proposal)",
+    )
+    parser.add_argument(
+        "--no-deep-batches",
+        action="store_true",
+        help="max_batch_size = batch_size (workers never take more than one batch)",
     )
     parser.add_argument("--duration", type=float, default=20.0, help="default run, seconds")
     parser.add_argument("--sink-rate", type=float, default=5000.0, help="default run, items/s")
@@ -258,9 +271,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logger.remove()
     default = Scenario(
-        args.sink_rate, args.capacity, args.batch_size, args.producers, duration=args.duration
+        args.sink_rate,
+        args.capacity,
+        args.batch_size,
+        args.producers,
+        duration=args.duration,
+        batch_band=args.batch_band,
+        no_deep_batches=args.no_deep_batches,
     )
-    scenarios: list[Any] = [default, *(matrix(args.batch_band) if args.matrix else [])]
+    scenarios: list[Any] = [
+        default,
+        *(matrix(args.batch_band, args.no_deep_batches) if args.matrix else []),
+    ]
     print(HEADER)
     results = []
     for scenario in scenarios:
