@@ -59,7 +59,7 @@ OK, SOFT, HARD = BackpressureLevel.OK, BackpressureLevel.SOFT, BackpressureLevel
 DEFAULT_MIN_RATE_FRACTION = 0.01
 DEFAULT_INCREASE_FRACTION = 0.015
 """The probe's first step, per second, as a fraction of ``max_rate``."""
-PROBE_DOUBLING_SEC = 0.7
+PROBE_DOUBLING_SEC = 0.5
 """The probe's step doubles for every this many seconds held back in one OK spell."""
 DRAIN_SEC = 2.0
 """On HARD the margin below the estimated drain aims to empty the queue in this long."""
