@@ -101,9 +101,7 @@ async def test_get_batch_without_deep_batches_never_exceeds_max_items() -> None:
     assert len(await q.get_batch(5)) == 5
 
 
-def test_default_max_batch_size_is_the_measured_constant_bounded_by_the_batch_and_capacity() -> (
-    None
-):
+def test_default_max_batch_size_is_bounded_by_batch_size_and_capacity() -> None:
     """Default: DEFAULT_MAX_BATCH_SIZE, but never below batch_size nor above capacity."""
     sink = HeldSink()
     assert make(sink, capacity=10_000, batch_size=500).max_batch_size == DEFAULT_MAX_BATCH_SIZE

@@ -269,11 +269,15 @@ def test_default_recover_watermark_is_low_minus_five_percent_of_capacity() -> No
     assert BoundedQueue(2, 2, 0, bus=FeedbackBus()).recover_watermark == 0
 
 
-@pytest.mark.parametrize("recover", [-1, 6, 2.5, True, None])
+@pytest.mark.parametrize("recover", [-1, 6, 2.5, True])
 def test_recover_watermark_outside_zero_to_low_is_a_config_error(recover: object) -> None:
     """A recover watermark below 0, above low, or not an int names the argument and range."""
-    if recover is None:
-        BoundedQueue(10, 8, 5, recover_watermark=recover, bus=FeedbackBus())  # the default
-        return
     with pytest.raises(ConfigError, match=r"recover_watermark must .*0 <= recover_watermark <="):
         BoundedQueue(10, 8, 5, recover_watermark=recover, bus=FeedbackBus())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("recover", [0, 5])
+def test_recover_watermark_may_be_zero_or_low(recover: int) -> None:
+    """Both ends of 0 <= recover_watermark <= low are accepted."""
+    q: BoundedQueue[int] = BoundedQueue(10, 8, 5, recover_watermark=recover, bus=FeedbackBus())
+    assert q.recover_watermark == recover
