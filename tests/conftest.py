@@ -12,6 +12,13 @@ from market_data_store.testing.waits import wait_until as _shared_wait_until
 WaitUntil = Callable[..., Awaitable[None]]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """PostgreSQL tests run on one xdist worker (``--dist loadgroup``): one server, not two."""
+    for item in items:
+        if item.get_closest_marker("postgres") is not None:
+            item.add_marker(pytest.mark.xdist_group("postgres"))
+
+
 @pytest.fixture(scope="session")
 def wait_until() -> WaitUntil:
     """``await wait_until(predicate, timeout=2.0, what=...)``: poll, fail at the deadline.

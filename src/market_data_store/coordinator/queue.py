@@ -4,6 +4,12 @@ Waiter futures are made only when a caller must wait. Level changes are checked 
 integer comparison per operation (``_up_at`` / ``_down_at`` hold the sizes at which the next
 transition can happen) and evaluated in ``_update_level``, the one place the state machine of
 DESIGN.md section 4 lives.
+
+The per-item paths go further: ``_put_below`` and ``_get_above`` are the sizes between which a
+put may just append and a get may just pop, because nothing else can happen there (no level
+boundary, no waiter to wake, room left, queue open). ``_refresh_fast_paths`` recomputes both
+wherever a watermark boundary, the waiters or the closed flag change, so that one integer
+comparison guards each fast path.
 """
 
 from __future__ import annotations
@@ -65,6 +71,12 @@ class BoundedQueue(Generic[T]):
     ``put`` blocks, drops the oldest item or raises ``QueueFullError`` when full, as
     ``overflow_strategy`` says. ``on_high`` runs on entering HARD and ``on_low`` on HARD -> OK;
     they and async drop callbacks run in order in a background task, never on the producer.
+
+    ``high_watermark``: size at which the level becomes HARD (default 80 % of capacity).
+    ``low_watermark``: size above which OK becomes SOFT (default 50 % of capacity).
+    ``recover_watermark``: size at or below which SOFT and HARD return to OK (default
+    ``max(0, low - max(1, capacity // 20))``; ``0 <= recover_watermark <= low_watermark``).
+    The band between it and ``high_watermark`` keeps the level from flapping.
     """
 
     def __init__(
@@ -73,6 +85,7 @@ class BoundedQueue(Generic[T]):
         high_watermark: int | None = None,
         low_watermark: int | None = None,
         *,
+        recover_watermark: int | None = None,
         coord_id: str = "default",
         overflow_strategy: OverflowStrategy = "block",
         on_high: BackpressureCallback | None = None,
@@ -94,6 +107,15 @@ class BoundedQueue(Generic[T]):
                     f"low_watermark must satisfy 0 <= low_watermark < high_watermark ({high}), "
                     f"got {low!r}"
                 )
+        if recover_watermark is None:
+            recover = max(0, low - max(1, capacity // 20))
+        else:
+            recover = recover_watermark
+            if isinstance(recover, bool) or not isinstance(recover, int) or not 0 <= recover <= low:
+                raise ConfigError(
+                    f"recover_watermark must be an int with 0 <= recover_watermark <= "
+                    f"low_watermark ({low}), got {recover!r}"
+                )
         if overflow_strategy not in OVERFLOW_STRATEGIES:
             raise ConfigError(
                 f"overflow_strategy must be one of {', '.join(OVERFLOW_STRATEGIES)}, "
@@ -102,6 +124,7 @@ class BoundedQueue(Generic[T]):
         self._capacity = capacity
         self._high = high
         self._low = low
+        self._recover = recover
         self._coord_id = coord_id
         self._strategy = overflow_strategy
         self._on_high = on_high
@@ -121,6 +144,11 @@ class BoundedQueue(Generic[T]):
         self._level = OK
         self._up_at = low  # size > _up_at may raise the level
         self._down_at = -1  # size <= _down_at may lower it
+        self._deep_above = _NEVER  # more queued than this: get_batch may take _deep_max_items
+        self._deep_max_items = 0
+        self._put_below = 0  # len < _put_below: put only appends (see the module docstring)
+        self._get_above = 0  # len > _get_above: get only pops
+        self._refresh_fast_paths()
 
     # -- introspection -------------------------------------------------------------------
 
@@ -136,8 +164,13 @@ class BoundedQueue(Generic[T]):
 
     @property
     def low_watermark(self) -> int:
-        """Size at or below which the level returns to OK."""
+        """Size above which OK becomes SOFT."""
         return self._low
+
+    @property
+    def recover_watermark(self) -> int:
+        """Size at or below which SOFT and HARD return to OK."""
+        return self._recover
 
     @property
     def coord_id(self) -> str:
@@ -154,6 +187,7 @@ class BoundedQueue(Generic[T]):
         """True once ``close()`` was called."""
         return self._closed
 
+    @property
     def size(self) -> int:
         """Number of queued items."""
         return len(self._items)
@@ -178,6 +212,9 @@ class BoundedQueue(Generic[T]):
     async def put(self, item: T) -> None:
         """Add ``item``; when full, wait, drop the oldest or raise, per the overflow strategy."""
         items = self._items
+        if len(items) < self._put_below:  # nothing but the append can happen
+            items.append(item)
+            return
         if len(items) < self._capacity and not self._putters and not self._closed:
             items.append(item)
             size = len(items)
@@ -269,6 +306,7 @@ class BoundedQueue(Generic[T]):
     async def _wait_for_room(self) -> None:
         fut = asyncio.get_running_loop().create_future()
         self._putters.append(fut)
+        self._refresh_fast_paths()
         try:
             await fut
         except asyncio.CancelledError:
@@ -285,13 +323,17 @@ class BoundedQueue(Generic[T]):
             self._putters.remove(fut)
         except ValueError:
             pass
+        self._refresh_fast_paths()
 
     def _wake_putter(self) -> None:
-        while self._putters:
-            fut = self._putters.popleft()
+        putters = self._putters
+        while putters:
+            fut = putters.popleft()
             if not fut.done():
                 fut.set_result(None)
-                return
+                break
+        if not putters:
+            self._refresh_fast_paths()
 
     def _drop_oldest(self, count: int) -> None:
         if count <= 0:
@@ -322,7 +364,9 @@ class BoundedQueue(Generic[T]):
     async def get(self, timeout: float | None = None) -> T:
         """Remove and return the oldest item, waiting up to ``timeout`` s (``TimeoutError``)."""
         items = self._items
-        if items:  # fast path, inlined: this runs once per item
+        if len(items) > self._get_above:  # nothing but the pop can happen
+            return items.popleft()
+        if items:
             item = items.popleft()
             if len(items) <= self._down_at:
                 self._update_level()
@@ -342,17 +386,37 @@ class BoundedQueue(Generic[T]):
             await self._wait_for_items(1, 1, remaining, lingering=False)
         return self._popleft()
 
+    def set_deep_batches(self, above: int, max_items: int) -> None:
+        """Let ``get_batch`` take up to ``max_items`` while more than ``above`` are queued.
+
+        A deep queue then drains in fewer, larger batches; a shallow one is unaffected. A deep
+        take stops at the low watermark: below it batches have their normal size, so a large
+        take never carries the queue through the recover band by itself (the level would
+        then follow the batch width, not the producers).
+        """
+        check_range("above", above, lo=0)
+        check_range("max_items", max_items, lo=0, lo_open=True)
+        self._deep_above = above
+        self._deep_max_items = max_items
+
+    def _batch_limit(self, max_items: int) -> int:
+        size = len(self._items)
+        if size > self._deep_above and self._deep_max_items > max_items:
+            return max(max_items, min(self._deep_max_items, size - self._low))
+        return max_items
+
     async def get_batch(self, max_items: int, linger: float = 0.0) -> list[T]:
         """Take up to ``max_items`` items, waiting for the first one as long as it takes.
 
         Once at least one item is queued, wait up to ``linger`` seconds for a full batch.
-        Returns an empty list only when the queue is closed and empty.
+        Returns an empty list only when the queue is closed and empty. While the queue is
+        deep (see ``set_deep_batches``) the batch may be larger than ``max_items``.
         """
         loop = asyncio.get_running_loop()
         while True:
             size = len(self._items)
             if size >= max_items or (size and (linger <= 0 or self._closed)):
-                return self._take(max_items)
+                return self._take(self._batch_limit(max_items))
             if size == 0:
                 if self._closed:
                     return []
@@ -365,7 +429,7 @@ class BoundedQueue(Generic[T]):
                     break
                 await self._wait_for_items(max_items, max_items, remaining, lingering=True)
             if len(self):
-                return self._take(max_items)
+                return self._take(self._batch_limit(max_items))
 
     def _take(self, max_items: int) -> list[T]:
         items = self._items
@@ -427,6 +491,18 @@ class BoundedQueue(Generic[T]):
                 wake_at = claimed + getter.need
             claimed += getter.take
         self._wake_at = wake_at
+        self._refresh_fast_paths()
+
+    def _refresh_fast_paths(self) -> None:
+        """Recompute the sizes that guard the fast paths of put and get."""
+        if self._putters:  # a get must wake one; a put must queue behind them
+            self._put_below, self._get_above = -1, _NEVER
+            return
+        self._get_above = self._down_at + 1
+        if self._closed:
+            self._put_below = -1
+        else:
+            self._put_below = min(self._capacity, self._up_at, self._wake_at - 1)
 
     def _wake_getters(self) -> None:
         budget = len(self) - self._pending_take
@@ -458,6 +534,7 @@ class BoundedQueue(Generic[T]):
             fut = self._putters.popleft()
             if not fut.done():
                 fut.set_result(None)
+        self._refresh_fast_paths()
 
     def drain_nowait(self) -> list[T]:
         """Remove and return every queued item at once."""
@@ -472,11 +549,11 @@ class BoundedQueue(Generic[T]):
     def _update_level(self) -> None:
         size = len(self)
         old = self._level
-        if old is HARD:
-            new = OK if size <= self._low else HARD
-        elif size >= self._high:
+        if old is not OK and size <= self._recover:
+            new = OK
+        elif old is HARD or size >= self._high:
             new = HARD
-        elif size > self._low:
+        elif old is SOFT or size > self._low:
             new = SOFT
         else:
             new = OK
@@ -486,9 +563,10 @@ class BoundedQueue(Generic[T]):
         if new is OK:
             self._up_at, self._down_at = self._low, -1
         elif new is SOFT:
-            self._up_at, self._down_at = self._high - 1, self._low
+            self._up_at, self._down_at = self._high - 1, self._recover
         else:
-            self._up_at, self._down_at = _NEVER, self._low
+            self._up_at, self._down_at = _NEVER, self._recover
+        self._refresh_fast_paths()
         self.emit_feedback(new, "queue_recovered" if new is OK else None)
         if new is HARD and self._on_high is not None:
             self._callbacks.call(self._on_high)

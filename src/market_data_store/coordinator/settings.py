@@ -43,8 +43,10 @@ class CoordinatorRuntimeSettings(MdsSettings):
     workers: int = Field(default=4, gt=0, le=1024)
     batch_size: int | None = Field(default=None, gt=0)  # None: 500, or capacity if smaller
     flush_interval: float = Field(default=0.25, gt=0, le=3600)
+    max_batch_size: int | None = Field(default=None, gt=0)
     high_watermark: int | None = Field(default=None, gt=0)
     low_watermark: int | None = Field(default=None, ge=0)
+    recover_watermark: int | None = Field(default=None, ge=0)
     overflow_strategy: Literal["block", "drop_oldest", "error"] = "block"
     retry_max_attempts: int = Field(default=5, ge=1)
     retry_initial_backoff_ms: float = Field(default=50, ge=0)
@@ -74,9 +76,32 @@ class CoordinatorRuntimeSettings(MdsSettings):
                 f"MDS_BATCH_SIZE must satisfy 0 < MDS_BATCH_SIZE <= MDS_CAPACITY "
                 f"({self.capacity}), got {self.batch_size}"
             )
+        self._check_recover_watermark(effective_high)
+        self._check_max_batch_size()
         if self.retry_max_backoff_ms < self.retry_initial_backoff_ms:
             raise ValueError(
                 "MDS_RETRY_MAX_BACKOFF_MS must be >= MDS_RETRY_INITIAL_BACKOFF_MS "
                 f"({self.retry_initial_backoff_ms}), got {self.retry_max_backoff_ms}"
             )
         return self
+
+    def _check_recover_watermark(self, high: int) -> None:
+        if self.recover_watermark is None:
+            return
+        low = self.low_watermark
+        if low is None:
+            low = min(self.capacity // 2, high - 1)
+        if self.recover_watermark > low:
+            raise ValueError(
+                f"MDS_RECOVER_WATERMARK must satisfy 0 <= MDS_RECOVER_WATERMARK <= low "
+                f"watermark ({low}), got {self.recover_watermark}"
+            )
+
+    def _check_max_batch_size(self) -> None:
+        size = self.max_batch_size
+        batch_size = self.batch_size or min(500, self.capacity)  # None: the coordinator's default
+        if size is not None and not batch_size <= size <= self.capacity:
+            raise ValueError(
+                f"MDS_MAX_BATCH_SIZE must satisfy MDS_BATCH_SIZE ({batch_size}) <= "
+                f"MDS_MAX_BATCH_SIZE <= MDS_CAPACITY ({self.capacity}), got {size}"
+            )

@@ -1,24 +1,43 @@
-"""Producer-side rate control: turns a coordinator's pressure levels into an allowed rate.
+"""Producer-side rate control: turns a coordinator's feedback events into an allowed rate.
 
 ``RateController`` subscribes to a ``FeedbackBus`` and keeps one allowed rate (items per
-second) per coordinator it watches, by additive increase and multiplicative decrease:
+second) per coordinator it watches. It uses what the events carry, not only the level:
 
-- SOFT multiplies that coordinator's rate by ``soft_factor``, HARD by ``hard_factor``, never
-  below ``min_rate``. The queue has no hysteresis between OK and SOFT, so its size wobbling
-  around the low watermark flaps SOFT, OK, SOFT, ...; to keep that from collapsing the rate,
-  SOFT cuts only after an OK that lasted at least ``min_decrease_interval`` seconds (one cut
-  per pressure episode), and HARD cuts at most once per ``min_decrease_interval`` (a HARD
-  after a SOFT still cuts: that is an escalation).
-- While the coordinator is OK the rate grows back towards ``max_rate`` by
-  ``increase_per_sec`` per second, but only for the time the producer is actually held back
-  (a caller waiting in ``acquire()``): an idle or slower producer earns no headroom.
+- Measure. Between two events of a coordinator (at least ``MIN_SAMPLE_SEC`` apart) it knows
+  how much the queue grew (``queue_size``, ``ts``) and how many items its own producer was
+  admitted, so ``drain = admitted rate - d(queue_size)/dt`` (the idea behind rate-based
+  congestion control such as TCP Vegas or BBR). Several producers may share the coordinator
+  and each controller sees only its own admissions: from two intervals in which its own rate
+  differed by at least 25 % it learns how many producers' worth of traffic the queue gets
+  (the slope of the queue's growth against its own rate, at least 1) and takes that share of
+  the drain. Producers that start alike so stay alike, and their cuts add up to the excess,
+  not to a multiple of it.
+- SOFT (the queue rose past ``low``): the rate becomes the share plus what moves the queue to
+  the middle of the SOFT band within ``MOVE_SEC``, then the share itself: the queue holds
+  where neither watermark is near, so the level stays put. OK after pressure: the same move,
+  then the probe (below) takes over, so recovery after the sink speeds up is immediate.
+- HARD: the share minus a margin that drains the queue within ``DRAIN_SEC`` (never below half
+  the share), and at least ``hard_factor`` and ``HARD_MARGIN`` below the current rate: an
+  estimate averages over its interval and lags a sudden drop of the sink.
+- Without an estimate (the first event, an interval too short, a lifecycle event such as
+  ``circuit_open``) it falls back to the plan's AIMD factors: SOFT multiplies the rate by
+  ``soft_factor`` (once per pressure episode: only after an OK that lasted
+  ``min_decrease_interval``), HARD by ``hard_factor`` (at most once per
+  ``min_decrease_interval``). Never below ``min_rate``, never above ``max_rate``.
+- While OK the rate probes upward, only for the time the producer is actually held back (a
+  caller waiting in ``acquire()``), starting at ``increase_per_sec`` and doubling every
+  ``PROBE_DOUBLING_SEC`` held back in the same OK spell: gentle at first, fast when the sink
+  has grown a lot; the next SOFT measures again and takes the overshoot back. An estimate
+  never raises the rate of a producer that admitted less than ``USED_FRACTION`` of its
+  allowance: an idle or slower producer earns no headroom.
 - An event whose ``seq`` is older than the last one seen for its coordinator is stale and
   ignored. An event with reason ``"stopped"`` forgets the coordinator: it no longer limits the
   rate, and a restarted coordinator with the same id may begin its ``seq`` again.
 
 With several coordinators watched, ``rate`` is the minimum of their rates: the producer goes
-no faster than its most loaded destination allows. ``acquire(n)`` is a token bucket at
-``rate`` that starts empty and holds at most ``BURST_SEC`` seconds' worth of tokens.
+no faster than its most loaded destination allows (each estimate assumes the producer's items
+go to that coordinator). ``acquire(n)`` is a token bucket at ``rate`` that starts empty and
+holds at most ``BURST_SEC`` seconds' worth of tokens.
 """
 
 from __future__ import annotations
@@ -27,7 +46,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from market_data_store._context import AsyncStartStop
 from market_data_store._validation import check_range
@@ -35,16 +54,68 @@ from market_data_store.errors import ConfigError
 from market_data_store.feedback.bus import FeedbackBus, feedback_bus
 from market_data_store.feedback.events import BackpressureLevel, FeedbackEvent
 
+OK, SOFT, HARD = BackpressureLevel.OK, BackpressureLevel.SOFT, BackpressureLevel.HARD
+
 DEFAULT_MIN_RATE_FRACTION = 0.01
-# Growth slow enough that, refilling the queue from low, the rate overshoots the sink by less
-# than a SOFT cut takes back; at 5 % the simulation (benchmarks/closed_loop_sim.py) cycled
-# through HARD at 2.7 level transitions per second, at 1.5 % it stays under one.
 DEFAULT_INCREASE_FRACTION = 0.015
+"""The probe's first step, per second, as a fraction of ``max_rate``."""
+PROBE_DOUBLING_SEC = 0.5
+"""The probe's step doubles for every this many seconds held back in one OK spell."""
+DRAIN_SEC = 2.0
+"""On HARD the margin below the estimated drain aims to empty the queue in this long."""
+HARD_MARGIN = 0.05
+"""A HARD cut with an estimate takes at least this much more than ``hard_factor``: the
+estimate may lag, and the queue must drain, not just stop growing."""
+MOVE_SEC = 1.0
+"""After a measurement the queue is moved to the middle of the SOFT band in about this long,
+at most ``MOVE_FRACTION`` of the estimate above or below it."""
+MOVE_FRACTION = 0.5
+USED_FRACTION = 0.9
+"""A producer admitted less than this fraction of its allowance does not use it: no raise."""
+MIN_SAMPLE_SEC = 0.5
+"""An interval shorter than this is not measured: a worker taking one batch would swamp it.
+The next event is then measured from the same earlier one."""
+MAX_PRODUCERS = 64.0
+"""Bound of the estimated number of producers' worth of traffic the queue receives."""
+UNMEASURED_RAISE = 1.25
+"""Until the share of traffic is measured, an estimate raises the rate at most this much."""
+HOLD_BIAS = 0.01
+"""The hold runs this much below the estimate: an estimate a little high would carry the
+queue up to HARD (three level changes and a deep cut), one a little low only down to OK."""
+CONSISTENT_FRACTION = 0.2
+"""Two successive intervals whose estimates differ by less than this are averaged."""
+_SLOPE_MIN_CHANGE = 0.25  # own rate must change by 25 % between intervals to measure a slope
 
 BURST_SEC = 0.1
 """The bucket holds at most this many seconds of tokens at the current rate (at least one)."""
 
 _EPSILON = 1e-9  # tokens: float rounding must not cost an extra sleep
+_MEASURED_REASONS = (None, "queue_recovered")  # a level change the queue's size caused
+
+
+@dataclass(slots=True, frozen=True)
+class _Sample:
+    """One event as this controller received it."""
+
+    ts: float
+    queue_size: int
+    received_at: float
+    admitted: float  # the producer's admitted items so far
+    allowed: float  # the items its allowance would have admitted so far
+
+
+@dataclass(slots=True, frozen=True)
+class _Interval:
+    """What happened between two events: own admitted rate and the queue's growth, items/s."""
+
+    admitted_rate: float
+    growth: float
+    used: bool  # the producer admitted most of what its allowance let through
+    span: float  # seconds
+
+    def share(self, producers: float) -> float:
+        """This producer's share of the drain, items/s."""
+        return self.admitted_rate - self.growth / producers
 
 
 @dataclass(slots=True)
@@ -52,10 +123,19 @@ class _CoordinatorState:
     """What the controller knows about one coordinator."""
 
     rate: float
-    level: BackpressureLevel = BackpressureLevel.OK
+    level: BackpressureLevel = OK
     seq: int = 0
     ok_since: float = -math.inf  # when the level last became OK
     hard_cut_at: float = -math.inf
+    last: _Sample | None = None
+    interval: _Interval | None = None
+    previous: _Interval | None = None
+    producers: float = 1.0  # producers' worth of traffic, as seen from this one
+    producers_measured: bool = False
+    probe_sec: float = 0.0  # seconds held back in the current OK spell
+    hold_rate: float | None = None  # the rate to return to once a planned move is done
+    move_until: float = math.inf
+    watermarks: dict[BackpressureLevel, int] = field(default_factory=dict)  # sizes seen
 
 
 def _check_number(
@@ -74,7 +154,23 @@ def _check_number(
 
 
 class RateController(AsyncStartStop):
-    """A feedback subscriber that paces a producer: ``await acquire(n)`` before submitting."""
+    """A feedback subscriber that paces a producer: ``await acquire(n)`` before submitting.
+
+    Args (rates in items per second):
+        max_rate: the ceiling, and the rate before any event; 0 < max_rate < inf.
+        min_rate: the floor, default 1 % of max_rate; 0 < min_rate <= max_rate.
+        coordinator_ids: the coordinators to obey, default every one on the bus.
+        soft_factor: fallback cut on SOFT when no estimate is possible; 0 < f <= 1.
+        hard_factor: fallback cut on HARD, and the least a HARD cut takes;
+            0 < hard_factor <= soft_factor.
+        increase_per_sec: the probe's first step per second while OK and held back,
+            default 1.5 % of max_rate; it doubles every ``PROBE_DOUBLING_SEC`` held back.
+        min_decrease_interval: seconds; a fallback SOFT cut needs an OK this long before it,
+            fallback HARD cuts are this far apart; 0 <= value < inf.
+        bus: the bus ``start()`` subscribes to, default ``feedback_bus()``.
+        clock: monotonic seconds, default ``time.monotonic`` (tests pass a fake clock).
+        sleep: how ``acquire()`` waits, default ``asyncio.sleep`` (tests pass a fake one).
+    """
 
     def __init__(
         self,
@@ -90,10 +186,6 @@ class RateController(AsyncStartStop):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
-        """Rates are items per second; min_rate defaults to 1 % of max_rate, increase_per_sec
-        to 1.5 % of max_rate per second. Needs 0 < min_rate <= max_rate and
-        0 < hard_factor <= soft_factor <= 1; ``clock`` and ``sleep`` are for tests.
-        """
         self._max_rate = _check_number("max_rate", max_rate, lo=0, hi_open=True)
         self._min_rate = _check_number(
             "min_rate",
@@ -118,6 +210,8 @@ class RateController(AsyncStartStop):
         self._sleep = sleep
         self._states: dict[str, _CoordinatorState] = {}
         self._tokens = 0.0
+        self._admitted = 0.0
+        self._allowed = 0.0
         self._updated_at = clock()
         self._lock = asyncio.Lock()
 
@@ -133,6 +227,24 @@ class RateController(AsyncStartStop):
         state = self._states.get(coordinator_id)
         return self._max_rate if state is None else state.rate
 
+    def drain_estimate(self, coordinator_id: str) -> float | None:
+        """This producer's share of the coordinator's measured drain rate (items/s), if known."""
+        state = self._states.get(coordinator_id)
+        if state is None or state.interval is None:
+            return None
+        share = state.interval.share(state.producers)
+        previous = state.previous
+        if previous is not None and share > 0:
+            # An event's queue_size is caught mid-sawtooth (a worker takes a whole batch at
+            # once), so an interval ending on an OK overestimates the drain and the one
+            # starting there underestimates it: over both the error cancels. Unless the
+            # two disagree: then the sink changed, and only the newest counts.
+            older = previous.share(state.producers)
+            if abs(older - share) <= CONSISTENT_FRACTION * share:
+                span = state.interval.span + previous.span
+                share = (share * state.interval.span + older * previous.span) / span
+        return share if share > 0 else None
+
     async def acquire(self, n: float = 1) -> None:
         """Wait until ``n`` items may be submitted; ``n`` above the burst waits proportionally."""
         if isinstance(n, bool) or not 0 <= n < math.inf:
@@ -147,6 +259,7 @@ class RateController(AsyncStartStop):
             except BaseException:  # cancelled: hand back what this caller took
                 self._tokens += n
                 raise
+            self._admitted += n
 
     async def __call__(self, event: FeedbackEvent) -> None:
         """Apply one feedback event (the ``FeedbackSubscriber`` protocol)."""
@@ -163,16 +276,30 @@ class RateController(AsyncStartStop):
             return
         if state is None:
             state = self._states[cid] = _CoordinatorState(rate=self._max_rate)
+        sample = _Sample(event.ts, event.queue_size, now, self._admitted, self._allowed)
+        self._measure(state, sample)
+        share = self.drain_estimate(cid) if event.reason in _MEASURED_REASONS else None
         previous, state.level, state.seq = state.level, event.level, event.seq
-        if event.level is BackpressureLevel.OK:
-            if previous is not BackpressureLevel.OK:
-                state.ok_since = now
-        elif event.level is BackpressureLevel.SOFT:
-            if previous is BackpressureLevel.OK and now - state.ok_since >= self._min_interval:
-                self._cut(state, self._soft_factor)
-        elif now - state.hard_cut_at >= self._min_interval:
+        if event.level is previous:
+            if event.level is HARD and now - state.hard_cut_at >= self._min_interval:
+                state.hard_cut_at = now  # e.g. circuit_open while HARD: a new reason to cut
+                self._set(state, state.rate * self._hard_factor)
+            return
+        state.hold_rate, state.move_until = None, math.inf
+        if event.reason in _MEASURED_REASONS:
+            state.watermarks[event.level] = event.queue_size
+        if event.level is OK:
+            state.ok_since, state.probe_sec = now, 0.0
+            if share is not None:
+                self._move(state, share, event, now)
+        elif event.level is SOFT:
+            if share is not None:
+                self._move(state, share, event, now)
+            elif now - state.ok_since >= self._min_interval:
+                self._set(state, state.rate * self._soft_factor)
+        else:
             state.hard_cut_at = now
-            self._cut(state, self._hard_factor)
+            self._set(state, self._hard_rate(state, event, share))
 
     async def start(self) -> None:
         """Subscribe to the bus (idempotent)."""
@@ -182,8 +309,83 @@ class RateController(AsyncStartStop):
         """Unsubscribe from the bus (idempotent); the current rates are kept."""
         self._bus.unsubscribe(self)
 
-    def _cut(self, state: _CoordinatorState, factor: float) -> None:
-        state.rate = max(self._min_rate, state.rate * factor)
+    def _measure(self, state: _CoordinatorState, sample: _Sample) -> None:
+        """Turn the time since the previous event into an interval, and learn from it."""
+        if not math.isfinite(sample.ts):
+            return
+        last = state.last
+        span = math.inf if last is None else sample.ts - last.ts
+        if last is None or span < 0:  # the first event, or the coordinator's clock went back
+            state.last = sample
+            return
+        received_span = sample.received_at - last.received_at
+        if span < MIN_SAMPLE_SEC or received_span <= 0:
+            return  # too short to measure: the next interval starts from the same event
+        state.last = sample
+        admitted = sample.admitted - last.admitted
+        interval = _Interval(
+            admitted_rate=admitted / received_span,
+            growth=(sample.queue_size - last.queue_size) / span,
+            used=admitted >= USED_FRACTION * (sample.allowed - last.allowed),
+            span=span,
+        )
+        previous = state.previous = state.interval
+        state.interval = interval
+        if previous is None:
+            return
+        own_change = interval.admitted_rate - previous.admitted_rate
+        if abs(own_change) < _SLOPE_MIN_CHANGE * max(
+            interval.admitted_rate, previous.admitted_rate
+        ):
+            return
+        slope = (interval.growth - previous.growth) / own_change
+        if slope >= 0.8:  # below that the sink itself changed meanwhile: nothing to learn
+            state.producers = min(MAX_PRODUCERS, max(1.0, slope))
+            state.producers_measured = True
+
+    def _hard_rate(
+        self, state: _CoordinatorState, event: FeedbackEvent, share: float | None
+    ) -> float:
+        """HARD: drain the queue. An estimate averages over the interval and lags a sudden
+        drop of the sink, so the cut takes at least ``hard_factor`` and a margin below it."""
+        rate = state.rate * self._hard_factor
+        if share is not None:
+            margin = min(0.5 * share, event.queue_size / state.producers / DRAIN_SEC)
+            return min(rate * (1 - HARD_MARGIN), share - margin)
+        interval = state.interval
+        if interval is not None and interval.admitted_rate <= interval.growth:
+            # the queue grows faster than this producer sends: others send too, and all of
+            # them must cut for the queue to drain
+            return rate * self._hard_factor
+        return rate
+
+    def _move(
+        self, state: _CoordinatorState, share: float, event: FeedbackEvent, now: float
+    ) -> None:
+        """Run at ``share`` plus what moves the queue to the middle of the SOFT band in
+        ``MOVE_SEC``, then hold ``share``: the queue then sits as far from both of the
+        watermarks where the level would change again as it can."""
+        low = state.watermarks.get(SOFT, int(event.capacity * 0.5))
+        high = state.watermarks.get(HARD, int(event.capacity * 0.8))
+        target = (low + high) / 2
+        step = (target - event.queue_size) / state.producers / MOVE_SEC
+        step = max(-MOVE_FRACTION * share, min(MOVE_FRACTION * share, step))
+        rate = share + step
+        interval = state.interval
+        if interval is not None and rate > state.rate:
+            if not interval.used:
+                rate = state.rate  # the producer does not use its allowance: no raise
+            elif not state.producers_measured:
+                # others may be sending too, and raising their rates on the same event
+                rate = min(rate, UNMEASURED_RAISE * max(state.rate, interval.admitted_rate))
+        self._set(state, rate)
+        if step and state.level is not OK:  # in OK the probe takes over from here
+            state.hold_rate = share * (1 - HOLD_BIAS)
+            seconds = (target - event.queue_size) / state.producers / step
+            state.move_until = now + seconds
+
+    def _set(self, state: _CoordinatorState, rate: float) -> None:
+        state.rate = min(self._max_rate, max(self._min_rate, rate))
 
     def _effective_rate(self) -> float:
         return min((s.rate for s in self._states.values()), default=self._max_rate)
@@ -194,16 +396,24 @@ class RateController(AsyncStartStop):
         if elapsed <= 0:
             return
         self._updated_at = now
+        for state in self._states.values():
+            if now >= state.move_until and state.hold_rate is not None:
+                self._set(state, state.hold_rate)
+                state.hold_rate, state.move_until, state.probe_sec = None, math.inf, 0.0
         rate = self._effective_rate()
+        self._allowed += elapsed * rate
         if self._tokens < 0:  # a caller is waiting: the allowance is what limits the producer
             self._grow(min(elapsed, -self._tokens / rate))
         self._tokens = min(self._tokens + elapsed * rate, max(1.0, rate * BURST_SEC))
 
     def _grow(self, seconds: float) -> None:
-        step = self._increase_per_sec * seconds
         for state in self._states.values():
-            if state.level is BackpressureLevel.OK and state.rate < self._max_rate:
-                state.rate = min(self._max_rate, state.rate + step)
+            if state.level is OK and state.rate < self._max_rate:
+                # the integral of increase_per_sec * 2 ** (t / PROBE_DOUBLING_SEC) over the step
+                k = math.log(2) / PROBE_DOUBLING_SEC
+                t0, state.probe_sec = state.probe_sec, state.probe_sec + seconds
+                step = self._increase_per_sec * (math.exp(k * state.probe_sec) - math.exp(k * t0))
+                self._set(state, state.rate + step / k)
 
 
 def _check_ids(coordinator_ids: Iterable[str] | None) -> frozenset[str] | None:

@@ -32,9 +32,22 @@ def pg_server() -> Iterator[PostgresServer]:
         server.destroy()
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test that needs the server must carry the ``postgres`` marker, so that
+    ``pytest -m "not postgres"`` starts none."""
+    if "pg_server" in getattr(item, "fixturenames", ()):
+        _require_postgres_marker(item)
+
+
+def _require_postgres_marker(node: pytest.Item) -> None:
+    if node.get_closest_marker("postgres") is None:
+        pytest.fail(f"{node.nodeid} starts PostgreSQL but is not marked postgres", pytrace=False)
+
+
 @pytest.fixture
-async def pg_dsn(pg_server: PostgresServer) -> AsyncIterator[str]:
+async def pg_dsn(pg_server: PostgresServer, request: pytest.FixtureRequest) -> AsyncIterator[str]:
     """DSN of a fresh, empty database on the session server, dropped after the test."""
+    _require_postgres_marker(request.node)  # also when requested by getfixturevalue()
     asyncpg = pytest.importorskip("asyncpg")
     name = f"mds_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(pg_server.dsn)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.postgres
+
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "run_coordinator_feedback.py"
 
 

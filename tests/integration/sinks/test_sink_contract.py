@@ -24,7 +24,7 @@ BarSink = SqliteBarsSink | PostgresBarsSink
 MakeSink = Callable[[str], BarSink]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def make_sink(request: pytest.FixtureRequest, tmp_path: Path) -> MakeSink:
     """Builds an unopened sink of either kind, named for its metrics."""
     if request.param == "sqlite":

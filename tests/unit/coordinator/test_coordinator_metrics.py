@@ -55,7 +55,7 @@ async def test_coordinator_figures_are_exported_and_stay_monotonic_after_stop(
     )
     await coord.start()
     await coord.submit_many([-1, *range(1, 5)])  # the first batch will be dead-lettered
-    await wait_until(lambda: coord.queue.size() == 0)  # both workers hold a batch
+    await wait_until(lambda: coord.queue.size == 0)  # both workers hold a batch
     await coord.submit_many(range(100, 115))  # 15 into a queue of 10: 5 dropped
     assert sample("mds_coordinator_submitted_total", coordinator_id=cid) == 20
     assert sample("mds_coordinator_dropped_total", coordinator_id=cid, reason="overflow") == 5

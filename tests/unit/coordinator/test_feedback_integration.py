@@ -54,6 +54,7 @@ def coordinator(sink: GatedSink, bus: FeedbackBus, coord_id: str = "c1") -> Writ
         low_watermark=4,
         workers=1,
         batch_size=1,
+        max_batch_size=1,
         flush_interval=0.01,
         coord_id=coord_id,
         bus=bus,

@@ -25,6 +25,12 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def one_turn() -> None:
+    """One loop turn: a task created just before starts and blocks. A timer it set cannot
+    have fired yet, however slow the machine: due timers run in a later turn."""
+    await asyncio.sleep(0)
+
+
 async def filled(capacity: int = 4, **kwargs: Any) -> BoundedQueue[Any]:
     q = make(capacity, **kwargs)
     for i in range(capacity):
@@ -79,7 +85,7 @@ async def test_error_strategy_raises_queue_full_and_keeps_contents() -> None:
     q = await filled(2, overflow_strategy="error")
     with pytest.raises(QueueFullError):
         await q.put("x")
-    assert q.size() == 2
+    assert q.size == 2
     assert q.stats().dropped == 0
 
 
@@ -89,7 +95,7 @@ async def test_error_strategy_put_many_is_all_or_nothing() -> None:
     await q.put(0)
     with pytest.raises(QueueFullError):
         await q.put_many([1, 2, 3, 4])
-    assert q.size() == 1
+    assert q.size == 1
     assert await q.put_many([1, 2, 3]) == 3
     assert [q.get_nowait() for _ in range(4)] == [0, 1, 2, 3]
 
@@ -119,7 +125,7 @@ async def test_two_blocked_put_many_producers_both_finish() -> None:
             await asyncio.sleep(0)  # a consumer that yields between items
         await asyncio.gather(first, second)
     assert sorted(map(str, got)) == sorted(map(str, [0, 1, "a1", "a2", "a3", "b1", "b2", "b3"]))
-    assert q.size() == 0
+    assert q.size == 0
 
 
 # -- nowait pairs, timeouts, batches -------------------------------------------------------
@@ -137,13 +143,14 @@ async def test_put_nowait_raises_when_full_and_get_nowait_when_empty() -> None:
 
 
 async def test_get_with_timeout_raises_timeout_error() -> None:
-    """get(timeout) on an empty queue raises TimeoutError after about the timeout."""
+    """get(timeout) on an empty queue waits, then raises TimeoutError when the time runs out."""
     q = make()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    with pytest.raises(TimeoutError):
-        await q.get(timeout=0.05)
-    assert 0.04 <= loop.time() - started < DEADLINE
+    getter = asyncio.create_task(q.get(timeout=0.05))
+    await one_turn()
+    assert not getter.done()  # it waits rather than failing at once
+    async with asyncio.timeout(DEADLINE):
+        with pytest.raises(TimeoutError):
+            await getter
     await q.put("after")
     assert await q.get(timeout=0.05) == "after"  # the expired waiter left nothing behind
 
@@ -163,21 +170,20 @@ async def test_get_batch_returns_at_once_when_max_items_are_queued() -> None:
     """get_batch returns max_items at once when that many are queued, without lingering."""
     q = make(10)
     await q.put_many(range(7))
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    assert await q.get_batch(5, linger=10.0) == [0, 1, 2, 3, 4]
-    assert loop.time() - started < 1.0
-    assert q.size() == 2
+    async with asyncio.timeout(DEADLINE):  # far below the linger time
+        assert await q.get_batch(5, linger=30.0) == [0, 1, 2, 3, 4]
+    assert q.size == 2
 
 
 async def test_get_batch_returns_a_partial_batch_after_the_linger_time() -> None:
-    """get_batch with fewer items than max_items returns them once linger seconds pass."""
+    """get_batch with fewer items than max_items lingers, then returns them when linger ends."""
     q = make(10)
     await q.put_many([1, 2])
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    assert await q.get_batch(5, linger=0.05) == [1, 2]
-    assert 0.04 <= loop.time() - started < DEADLINE
+    batch = asyncio.create_task(q.get_batch(5, linger=0.05))
+    await one_turn()
+    assert not batch.done()  # it lingers for a fuller batch
+    async with asyncio.timeout(DEADLINE):
+        assert await batch == [1, 2]
 
 
 async def test_get_batch_lingering_returns_early_once_the_batch_fills() -> None:
@@ -225,7 +231,7 @@ async def test_close_wakes_waiting_getters_and_putters() -> None:
             await putter
         with pytest.raises(QueueClosedError):
             await many
-    assert full.size() == 1
+    assert full.size == 1
 
 
 async def test_closed_queue_refuses_puts_but_hands_out_what_is_left() -> None:
@@ -255,7 +261,7 @@ async def test_cancelled_getter_leaves_size_and_level_exact() -> None:
     await settle()
     assert getter.cancelled()
     await q.put_many([1, 2, 3])
-    assert (q.size(), q.level) == (3, HARD)
+    assert (q.size, q.level) == (3, HARD)
     assert await q.get(timeout=DEADLINE) == 1
 
 
@@ -270,7 +276,7 @@ async def test_cancelling_a_woken_getter_passes_the_item_to_another_getter() -> 
     async with asyncio.timeout(DEADLINE):
         assert await second == "x"
     assert first.cancelled()
-    assert q.size() == 0
+    assert q.size == 0
 
 
 async def test_cancelling_a_woken_batch_getter_passes_the_items_on() -> None:
@@ -294,9 +300,9 @@ async def test_cancelled_putter_leaves_size_and_level_exact() -> None:
     putter.cancel()
     await settle()
     assert putter.cancelled()
-    assert (q.size(), q.level) == (4, HARD)
+    assert (q.size, q.level) == (4, HARD)
     assert [q.get_nowait() for _ in range(4)] == [0, 1, 2, 3]
-    assert (q.size(), q.level) == (0, OK)
+    assert (q.size, q.level) == (0, OK)
 
 
 async def test_cancelling_a_woken_putter_passes_the_slot_to_another_putter() -> None:
@@ -353,11 +359,11 @@ async def test_on_high_fires_on_entering_hard_and_on_low_on_recovery() -> None:
     await q.put_many([7, 8, 9])  # HARD
     await q.join_callbacks()
     assert (q.level, calls) == (HARD, ["high"])
-    for _ in range(4):  # 6 left: still HARD (hysteresis)
+    for _ in range(5):  # 5 left, at the low watermark: still HARD (hysteresis)
         q.get_nowait()
     await q.join_callbacks()
     assert (q.level, calls) == (HARD, ["high"])
-    q.get_nowait()  # 5 left: at the low watermark -> OK
+    q.get_nowait()  # 4 left: at the default recover watermark (5 - 1) -> OK
     await q.join_callbacks()
     assert (q.level, calls) == (OK, ["high", "low"])
 

@@ -41,6 +41,8 @@ def make(sink: Any, **kwargs: Any) -> WriteCoordinator[Any]:
     kwargs.setdefault("bus", FeedbackBus())
     kwargs.setdefault("flush_interval", 0.01)
     kwargs.setdefault("retry_policy", ZERO_WAIT)
+    if "batch_size" in kwargs:  # batches of exactly batch_size, however deep the queue
+        kwargs.setdefault("max_batch_size", kwargs["batch_size"])
     return WriteCoordinator(sink=sink, **kwargs)
 
 
@@ -332,7 +334,7 @@ async def test_stop_is_bounded_when_the_dlq_save_never_returns(
     coord = make(HangingSink(), workers=1, batch_size=5, dlq=dlq)
     await coord.start()
     await coord.submit_many(range(20))
-    await wait_until(lambda: coord.queue.size() == 15)
+    await wait_until(lambda: coord.queue.size == 15)
     loop = asyncio.get_running_loop()
     started = loop.time()
     await coord.stop(timeout=0.2)
@@ -365,7 +367,7 @@ async def test_a_save_abandoned_at_the_deadline_that_lands_later_is_recounted(
     coord = make(HangingSink(), workers=1, batch_size=5, dlq=dlq)
     await coord.start()
     await coord.submit_many(range(20))
-    await wait_until(lambda: coord.queue.size() == 15)
+    await wait_until(lambda: coord.queue.size == 15)
     await coord.stop(timeout=0.05)
     assert coord.stats().dropped == {"dlq_failed": 20}
     dlq.gate.set()
@@ -391,7 +393,7 @@ async def test_dead_lettering_at_the_deadline_encodes_off_the_event_loop(
     coord = make(HangingSink(), workers=1, batch_size=10, capacity=300_000, dlq=dlq)
     await coord.start()
     await coord.submit_many(range(300_000))
-    await wait_until(lambda: coord.queue.size() == 300_000 - 10)
+    await wait_until(lambda: coord.queue.size == 300_000 - 10)
     worst_lag = 0.0
 
     async def ticker() -> None:  # the longest the loop went without coming back to us

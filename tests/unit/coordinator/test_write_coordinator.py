@@ -151,6 +151,8 @@ def make(sink: Any, **kwargs: Any) -> WriteCoordinator[Any]:
     kwargs.setdefault("bus", FeedbackBus())
     kwargs.setdefault("flush_interval", 0.01)
     kwargs.setdefault("retry_policy", ZERO_WAIT)
+    if "batch_size" in kwargs:  # these tests count items per batch: no deep-queue batches
+        kwargs.setdefault("max_batch_size", kwargs["batch_size"])
     return WriteCoordinator(sink=sink, **kwargs)
 
 
@@ -481,7 +483,7 @@ async def test_submit_many_cut_short_by_stop_counts_what_was_queued(
     coord = make(sink, workers=1, batch_size=4, capacity=4, dlq=dlq)
     await coord.start()
     producer = asyncio.create_task(coord.submit_many(range(20)))
-    await wait_until(lambda: sink.hung == 1 and coord.queue.size() == 4)
+    await wait_until(lambda: sink.hung == 1 and coord.queue.size == 4)
     await coord.stop(timeout=0.05)
     with pytest.raises(CoordinatorNotRunningError):
         await producer
@@ -498,7 +500,7 @@ async def test_cancelled_submit_many_counts_what_was_queued(
     coord = make(sink, workers=1, batch_size=4, capacity=4, dlq=dlq)
     await coord.start()
     producer = asyncio.create_task(coord.submit_many(range(20)))
-    await wait_until(lambda: sink.hung == 1 and coord.queue.size() == 4)
+    await wait_until(lambda: sink.hung == 1 and coord.queue.size == 4)
     producer.cancel()
     with pytest.raises(asyncio.CancelledError):
         await producer
@@ -750,7 +752,7 @@ async def test_open_circuit_holds_the_batch_then_closes_with_the_queue_level(
         await asyncio.sleep(0.1)  # a window well inside half_open_after_sec
         assert sink.calls == calls == 2
         assert coord.stats().dead_lettered == 0
-        assert coord.queue.size() == items - 1  # the worker still holds item 0
+        assert coord.queue.size == items - 1  # the worker still holds item 0
         sink.failing = False
         await wait_until(lambda: len(sink.items) == items, what="all written after closing")
     await bus.flush()

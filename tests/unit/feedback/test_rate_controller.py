@@ -10,7 +10,11 @@ import pytest
 
 from market_data_store.errors import ConfigError
 from market_data_store.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
-from market_data_store.feedback.rate_controller import BURST_SEC, RateController
+from market_data_store.feedback.rate_controller import (
+    BURST_SEC,
+    PROBE_DOUBLING_SEC,
+    RateController,
+)
 
 OK, SOFT, HARD = BackpressureLevel.OK, BackpressureLevel.SOFT, BackpressureLevel.HARD
 
@@ -86,23 +90,33 @@ async def test_default_floor_is_one_percent_of_max_rate(clock: FakeClock) -> Non
     assert rc.rate == pytest.approx(10)
 
 
-async def test_ok_grows_rate_gradually_by_increase_per_sec(clock: FakeClock) -> None:
-    """After OK the rate grows by increase_per_sec per second held back, not in one jump."""
+def probed(start: float, increase_per_sec: float, seconds: float) -> float:
+    """The rate after ``seconds`` held back: start + the integral of the doubling probe."""
+    d = PROBE_DOUBLING_SEC
+    return start + increase_per_sec * (2 ** (seconds / d) - 1) * d / math.log(2)
+
+
+async def test_ok_probe_starts_at_increase_per_sec_and_doubles(clock: FakeClock) -> None:
+    """After OK the rate grows from increase_per_sec per second, doubling every
+    PROBE_DOUBLING_SEC held back."""
     rc = make(clock, increase_per_sec=50)
     await rc(event(HARD, 1))
     await rc(event(OK, 2))
     assert rc.rate == pytest.approx(500)
-    await produce(rc, clock, 2.0)
-    assert rc.rate == pytest.approx(600, abs=2)
+    await produce(rc, clock, 0.5)
+    assert rc.rate == pytest.approx(probed(500, 50, 0.5), abs=2)
+    await produce(rc, clock, 0.5)
+    assert rc.rate == pytest.approx(probed(500, 50, 1.0), abs=2)
+    assert rc.rate - 500 > 50 * 1.0  # more than a constant increase_per_sec would give
 
 
-async def test_default_increase_is_1_5_percent_of_max_rate_per_second(clock: FakeClock) -> None:
-    """Without increase_per_sec, the rate grows by 1.5 % of max_rate per second held back."""
+async def test_default_probe_starts_at_1_5_percent_of_max_rate(clock: FakeClock) -> None:
+    """Without increase_per_sec the probe starts at 1.5 % of max_rate per second held back."""
     rc = make(clock)
     await rc(event(HARD, 1))
     await rc(event(OK, 2))
-    await produce(rc, clock, 4.0)
-    assert rc.rate == pytest.approx(560, abs=2)
+    await produce(rc, clock, 1.0)
+    assert rc.rate == pytest.approx(probed(500, 15, 1.0), abs=2)
 
 
 async def test_rate_never_exceeds_max_rate(clock: FakeClock) -> None:

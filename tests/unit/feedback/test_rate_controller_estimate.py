@@ -1,0 +1,296 @@
+"""RateController's drain estimate and the closed loop it drives, on fake and virtual clocks.
+
+Synthetic event sequences pin the estimate itself (FakeClock, events stamped with its time);
+closed loops run the real BoundedQueue, FeedbackBus and controllers on a virtual-time event
+loop (``market_data_store.testing.virtual_time``): no real sleeping anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from market_data_store.coordinator.queue import BoundedQueue
+from market_data_store.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
+from market_data_store.feedback.rate_controller import RateController
+from market_data_store.testing.virtual_time import LoopTimeBus, run_virtual
+
+OK, SOFT, HARD = BackpressureLevel.OK, BackpressureLevel.SOFT, BackpressureLevel.HARD
+
+
+class FakeClock:
+    """A clock that only moves when the controller sleeps (or the test moves it)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make(clock: FakeClock, max_rate: float = 1000, **kwargs: Any) -> RateController:
+    return RateController(max_rate, clock=clock, sleep=clock.sleep, bus=FeedbackBus(), **kwargs)
+
+
+def at(
+    clock: FakeClock, level: BackpressureLevel, seq: int, size: float, cid: str = "a"
+) -> FeedbackEvent:
+    """An event emitted now (by the fake clock) with the given queue size."""
+    return FeedbackEvent(cid, round(size), 100_000, level, ts=clock.now, seq=seq)
+
+
+async def produce(rc: RateController, clock: FakeClock, seconds: float, n: int = 10) -> int:
+    """A producer held back by the controller for ``seconds``; returns the items admitted."""
+    end = clock.now + seconds
+    items = 0
+    while clock.now < end:
+        await rc.acquire(n)
+        items += n
+    return items
+
+
+# -- the estimate from synthetic event sequences --------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [1, 100])
+@pytest.mark.parametrize("drain", [300, 700, 2000])
+async def test_drain_estimate_is_within_10_percent_of_the_true_drain(
+    clock: FakeClock, drain: float, batch: int
+) -> None:
+    """Two events and the producer's own admissions estimate the drain within 10 %."""
+    rc = make(clock)
+    await rc(at(clock, SOFT, 1, 20_000))  # no estimate yet: the fallback cut to 800/s
+    start = clock.now
+    admitted = await produce(rc, clock, 2.05)
+    taken = batch * math.floor(drain * (clock.now - start) / batch)  # whole batches only
+    level = HARD if admitted > taken else OK
+    await rc(at(clock, level, 2, 20_000 + admitted - taken))
+    estimate = rc.drain_estimate("a")
+    assert estimate == pytest.approx(drain, rel=0.1)
+
+
+async def test_four_producers_each_estimate_a_quarter_of_the_drain(clock: FakeClock) -> None:
+    """With the queue fed by four like producers, each controller's share is drain / 4."""
+    rc = make(clock)
+    drain, size = 2000.0, 5000.0
+    await rc(at(clock, SOFT, 1, size))
+    admitted = await produce(rc, clock, 1.0)  # at 800/s, as are the three others
+    size += 4 * admitted - drain * 1.0
+    await rc(at(clock, HARD, 2, size))  # the queue grows faster than this one sends
+    assert rc.rate < 250  # so it cut deeper than hard_factor: the others must cut too
+    start = clock.now
+    admitted = await produce(rc, clock, 1.0)
+    size += 4 * admitted - drain * (clock.now - start)
+    await rc(at(clock, OK, 3, size))
+    assert rc.drain_estimate("a") == pytest.approx(drain / 4, rel=0.1)
+
+
+async def test_soft_with_an_estimate_cuts_to_it_not_by_soft_factor(clock: FakeClock) -> None:
+    """SOFT after a measured interval sets the rate from the estimate, not rate * 0.8."""
+    rc = make(clock)
+    await rc(at(clock, HARD, 1, 8000))  # fallback: 500/s
+    admitted = await produce(rc, clock, 2.0)
+    size = 8000 + admitted - 300 * 2.0  # the sink drains 300/s
+    await rc(at(clock, OK, 2, size))
+    await rc(at(clock, SOFT, 3, size))  # too close to measure: the OK interval still holds
+    assert rc.drain_estimate("a") == pytest.approx(300, rel=0.1)
+    assert 150 <= rc.rate <= 450  # the estimate plus a move of at most 50 %, not 400
+
+
+async def test_an_estimate_never_raises_a_producer_not_using_its_allowance(
+    clock: FakeClock,
+) -> None:
+    """A producer sending 100/s of a 500/s allowance gets no raise however fast the queue
+    drains."""
+    rc = make(clock)
+    await rc(at(clock, HARD, 1, 8000))
+    for _ in range(20):
+        clock.now += 0.1
+        await rc.acquire(10)
+    await rc(at(clock, OK, 2, 8000 + 200 - 2000 * 2.0))  # drained at 2000/s
+    assert rc.drain_estimate("a") == pytest.approx(2000, rel=0.1)
+    assert rc.rate == pytest.approx(500)
+
+
+async def test_a_stale_event_does_not_move_the_estimate(clock: FakeClock) -> None:
+    """An event with an older seq is not a measurement: the estimate spans the fresh ones."""
+    rc = make(clock)
+    await rc(at(clock, SOFT, 5, 20_000))
+    admitted = await produce(rc, clock, 1.0)
+    await rc(at(clock, HARD, 3, 99_999))  # stale
+    admitted += await produce(rc, clock, 1.0)
+    await rc(at(clock, HARD, 6, 20_000 + admitted - 500 * clock.now))
+    assert rc.drain_estimate("a") == pytest.approx(500, rel=0.1)
+
+
+async def test_a_non_finite_ts_or_a_clock_stepped_back_measures_nothing(
+    clock: FakeClock,
+) -> None:
+    """Events stamped NaN or inf measure nothing; after the coordinator's clock steps back,
+    measuring starts again from the first event on the new clock."""
+    rc = make(clock)
+    drain, size = 400.0, 20_000.0
+    await rc(at(clock, SOFT, 1, size))
+    for seq, ts in [(2, math.nan), (3, math.inf)]:
+        await rc(FeedbackEvent("a", 0, 100_000, HARD, ts=ts, seq=seq))
+    assert rc.drain_estimate("a") is None
+    start = clock.now
+    size += await produce(rc, clock, 1.0) - drain * (clock.now - start)
+    stepped = FeedbackEvent("a", round(size), 100_000, HARD, ts=clock.now - 100, seq=4)
+    await rc(stepped)  # 101 s before the first event: not a measurement
+    assert rc.drain_estimate("a") is None
+    start = clock.now
+    size += await produce(rc, clock, 1.0) - drain * (clock.now - start)
+    await rc(FeedbackEvent("a", round(size), 100_000, OK, ts=clock.now - 100, seq=5))
+    assert rc.drain_estimate("a") == pytest.approx(drain, rel=0.1)
+
+
+async def test_estimates_of_two_coordinators_are_kept_apart(clock: FakeClock) -> None:
+    """Each coordinator's events measure its own queue: b's events leave a's estimate alone."""
+    rc = make(clock)
+    await rc(at(clock, SOFT, 1, 20_000, cid="a"))
+    await rc(at(clock, SOFT, 9, 50_000, cid="b"))
+    admitted = await produce(rc, clock, 1.0)
+    await rc(at(clock, HARD, 10, 50_000 + admitted - 100 * clock.now, cid="b"))
+    admitted += await produce(rc, clock, 1.0)
+    await rc(at(clock, HARD, 2, 20_000 + admitted - 600 * clock.now, cid="a"))
+    assert rc.drain_estimate("a") == pytest.approx(600, rel=0.1)
+    assert rc.drain_estimate("b") == pytest.approx(100, rel=0.1)
+    assert rc.drain_estimate("c") is None
+
+
+async def test_an_estimate_above_max_rate_is_capped(clock: FakeClock) -> None:
+    """However fast the queue drains, the rate an estimate sets stops at max_rate."""
+    rc = make(clock)
+    await rc(at(clock, SOFT, 1, 50_000))
+    admitted = await produce(rc, clock, 1.0)
+    await rc(at(clock, OK, 2, 50_000 + admitted - 40_000))
+    assert rc.drain_estimate("a") == pytest.approx(40_000, rel=0.1)
+    assert rc.rate == 1000
+
+
+async def test_an_estimate_below_min_rate_is_floored(clock: FakeClock) -> None:
+    """However slowly the queue drains, the rate a HARD estimate sets stops at min_rate."""
+    rc = make(clock, min_rate=100)
+    await rc(at(clock, SOFT, 1, 5000))
+    admitted = await produce(rc, clock, 1.0)
+    await rc(at(clock, HARD, 2, 5000 + admitted - 150))  # the sink drains 150/s
+    assert rc.drain_estimate("a") == pytest.approx(150, rel=0.1)
+    assert rc.rate == 100
+
+
+# -- closed loops: real queue and bus, virtual time -----------------------------------------
+
+
+@dataclass
+class Loop:
+    """What a closed-loop run recorded."""
+
+    admissions: list[list[tuple[float, int]]] = field(default_factory=list)  # per producer
+    rates: list[tuple[float, float]] = field(default_factory=list)  # producer 0's allowance
+    levels: list[BackpressureLevel] = field(default_factory=list)
+    dropped: int = 0
+    peak: int = 0
+
+    def admitted(self, producer: int, start: float, end: float) -> int:
+        return sum(n for t, n in self.admissions[producer] if start <= t < end)
+
+
+async def closed_loop(
+    producers: int,
+    capacity: int,
+    sink_rates: list[tuple[float, float]],
+    duration: float,
+    *,
+    max_rate: float,
+    batch: int = 50,
+    chunk: int = 10,
+    stagger: float = 0.0,
+) -> Loop:
+    """Producers paced by their own controllers feed one real BoundedQueue; a sink takes
+    batches at ``sink_rates`` ((from time, items/s), ...). Producer i starts ``i * stagger``
+    seconds in."""
+    loop = asyncio.get_running_loop()
+    bus = LoopTimeBus()
+    run = Loop(admissions=[[] for _ in range(producers)])
+
+    async def record(event: FeedbackEvent) -> None:
+        run.levels.append(event.level)
+
+    bus.subscribe(record)
+    queue: BoundedQueue[int] = BoundedQueue(
+        capacity, coord_id="a", overflow_strategy="drop_oldest", bus=bus
+    )
+    controllers = [RateController(max_rate, bus=bus, clock=loop.time) for _ in range(producers)]
+    for controller in controllers:
+        await controller.start()
+    end = loop.time() + duration
+
+    async def produce_into_queue(i: int) -> None:
+        await asyncio.sleep(i * stagger)
+        while loop.time() < end:
+            await controllers[i].acquire(chunk)
+            await queue.put_many(range(chunk))
+            run.admissions[i].append((loop.time(), chunk))
+            run.peak = max(run.peak, queue.size)
+            if i == 0:
+                run.rates.append((loop.time(), controllers[0].rate))
+
+    async def sink() -> None:
+        while loop.time() < end:
+            items = await queue.get_batch(batch, linger=0.01)
+            now = loop.time()
+            rate = [r for t, r in sink_rates if t <= now][-1]
+            await asyncio.sleep(len(items) / rate)
+
+    await asyncio.gather(sink(), *(produce_into_queue(i) for i in range(producers)))
+    await bus.flush()
+    run.dropped = queue.stats().dropped
+    return run
+
+
+def test_rate_settles_within_10_percent_of_a_halved_capacity_within_3_s() -> None:
+    """After the sink halves, the rate is within 10 % of the new capacity 3 s later, stays so
+    (5 s averages), and never drops below half of it."""
+    halved_at, new_capacity = 10.0, 500.0
+    run = run_virtual(
+        closed_loop(1, 1000, [(0.0, 1000.0), (halved_at, new_capacity)], 30.0, max_rate=2000)
+    )
+    assert run.dropped == 0 and run.peak < 1000
+    after = [rate for t, rate in run.rates if t >= halved_at]
+    assert min(after) >= new_capacity / 2
+    settled = [rate for t, rate in run.rates if halved_at + 3 <= t < halved_at + 3.1]
+    assert settled and all(abs(r - new_capacity) <= 0.1 * new_capacity for r in settled)
+    for start in range(int(halved_at) + 3, 26):
+        sent = run.admitted(0, start, start + 5) / 5
+        assert sent == pytest.approx(new_capacity, rel=0.1), f"{start}-{start + 5} s"
+
+
+def test_four_controllers_share_one_queue_fairly_without_oscillating() -> None:
+    """Four producers starting 0.5 s apart, each with its own controller, get within 20 % of
+    each other, use >= 98 % of the sink, and the level changes less than once every 2 s."""
+    capacity, duration = 10_000.0, 20.0
+    run = run_virtual(
+        closed_loop(
+            4, 10_000, [(0.0, capacity)], duration, max_rate=capacity / 2, chunk=25, stagger=0.5
+        )
+    )
+    assert run.dropped == 0 and run.peak < 10_000
+    sent = [run.admitted(i, 3.0, duration) for i in range(4)]
+    assert max(sent) <= 1.2 * min(sent)
+    assert sum(sent) / (duration - 3.0) >= 0.98 * capacity
+    changes = sum(1 for a, b in zip([OK, *run.levels], run.levels, strict=False) if a is not b)
+    assert changes / duration < 0.5
