@@ -1,15 +1,26 @@
 """``SqliteBarsSink``: bars into an embedded SQLite database (the default sink).
 
-One connection, owned by one dedicated thread, does all database work, so the event loop
+Writes: one connection, owned by one dedicated thread, does all writing, so the event loop
 never waits on SQLite and concurrent ``write()`` calls queue up in order. Each batch is one
 ``BEGIN IMMEDIATE ... COMMIT`` transaction in WAL mode and upserts on
 ``(vendor, symbol, timeframe, ts)``, so a replayed batch leaves the rows as they were.
 ``ts`` is stored as integer microseconds since the Unix epoch (UTC): formatting a timestamp
-per row as text would cost more than the rest of the write.
+per row as text would cost more than the rest of the write. The view ``bars_readable`` shows
+it as ISO-8601 UTC text for people using the ``sqlite3`` shell.
+
+Reads: a second, read-only connection on a second thread. WAL lets it read while a write
+is in progress, so reads neither wait for queued writes nor delay them; a read sees every
+batch whose ``write()`` returned before the read began.
+
+Schema: ``PRAGMA user_version`` holds the schema version. Opening a database of an older
+version (0: the first release, no version) migrates it in place in one transaction, keeping
+every row; a database of a newer version is refused with ``SchemaVersionError``.
 
 Errors: a batch holding something that is not a valid bar, or rows the table's constraints
-reject, raise ``PermanentSinkError`` (dead-letter it); a busy or locked database, and other
-operational failures (disk full, I/O error), raise ``RetryableSinkError``.
+reject or SQLite cannot bind, raise ``PermanentSinkError`` (dead-letter it); a busy or
+locked database, other operational failures (disk full, I/O error) and unknown exceptions
+raise ``RetryableSinkError``. Whatever happens, a failed write rolls its transaction back,
+so the database is never left locked.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
@@ -30,17 +41,33 @@ from market_data_store._context import AsyncOpenClose
 from market_data_store.coordinator.types import PermanentSinkError, RetryableSinkError, SinkError
 from market_data_store.sinks._lifecycle import Lifecycle, SinkState
 from market_data_store.sinks._metrics import SinkMetrics
+from market_data_store.sinks._read import (
+    DEFAULT_PAGE_SIZE,
+    check_limit,
+    check_read_args,
+    check_symbols,
+    check_timeframe,
+    check_vendor,
+)
 from market_data_store.sinks._rows import rows_of
-from market_data_store.sinks.bar import BAR_FIELDS, Bar
+from market_data_store.sinks._schema import check_schema_version
+from market_data_store.sinks.bar import BAR_FIELDS, Bar, bars_from_rows
 
 T = TypeVar("T")
 SqliteRow = tuple[str, str, str, int, float, float, float, float, float]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)
+# Open read bounds; every datetime (years 1 to 9999) lies strictly inside them.
+MIN_TS_US = -(2**63)
+MAX_TS_US = 2**63 - 1
 
 TABLE = "bars"
-SCHEMA = f"""
+COLUMNS = ", ".join(BAR_FIELDS)
+SCHEMA_VERSION = 1
+"""``PRAGMA user_version`` of the schema below; 0 is the first release's (no version)."""
+
+CREATE_TABLE = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
     vendor    TEXT    NOT NULL,
     symbol    TEXT    NOT NULL,
@@ -57,8 +84,23 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     CHECK (volume >= 0 AND volume < 9e999)
 ) WITHOUT ROWID
 """
+# Reads by series and time range, any vendor, ordered as read() returns them.
+CREATE_SERIES_INDEX = (
+    f"CREATE INDEX IF NOT EXISTS bars_by_series ON {TABLE} (symbol, timeframe, ts, vendor)"
+)
+# ts as ISO-8601 UTC text with microseconds (floor division, so before 1970 works too).
+CREATE_READABLE_VIEW = f"""
+CREATE VIEW IF NOT EXISTS bars_readable AS
+SELECT vendor, symbol, timeframe,
+    strftime('%Y-%m-%dT%H:%M:%S', (ts - us) / 1000000, 'unixepoch')
+        || printf('.%06dZ', us) AS ts,
+    open, high, low, close, volume
+FROM (SELECT *, ((ts % 1000000) + 1000000) % 1000000 AS us FROM {TABLE})
+"""
+SCHEMA = (CREATE_TABLE, CREATE_SERIES_INDEX, CREATE_READABLE_VIEW)
+
 UPSERT = f"""
-INSERT INTO {TABLE} ({", ".join(BAR_FIELDS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO {TABLE} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (vendor, symbol, timeframe, ts) DO UPDATE SET
     open = excluded.open, high = excluded.high, low = excluded.low,
     close = excluded.close, volume = excluded.volume
@@ -78,6 +120,8 @@ RETRYABLE_SQLITE_CODES = frozenset(
         "SQLITE_INTERRUPT",
     )
 )
+# Raised while binding a value SQLite cannot store (an int beyond 64 bits, a lone surrogate).
+UNBINDABLE_VALUE_ERRORS = (OverflowError, TypeError, ValueError)
 
 _bar_values = attrgetter(*BAR_FIELDS)
 
@@ -100,19 +144,101 @@ def ts_from_epoch_us(value: int) -> datetime:
     return EPOCH + value * ONE_MICROSECOND
 
 
-def classify_sqlite_error(exc: sqlite3.Error) -> SinkError:
-    """``RetryableSinkError`` for a busy, locked or failing database; else permanent."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    primary = code & 0xFF if isinstance(code, int) else None
-    if isinstance(exc, sqlite3.OperationalError) and (
-        primary is None or primary in RETRYABLE_SQLITE_CODES
-    ):
-        return RetryableSinkError(f"SQLite: {exc}")
-    return PermanentSinkError(f"SQLite rejected the batch: {type(exc).__name__}: {exc}")
+def epoch_us(value: datetime | None, default: int) -> int:
+    """``value`` (timezone-aware) in microseconds since the epoch; ``default`` for None."""
+    return default if value is None else (value - EPOCH) // ONE_MICROSECOND
+
+
+def bars_of(rows: Iterable[Sequence[Any]]) -> list[Bar]:
+    """Bars from rows of the table (``ts`` in epoch microseconds), not validated again."""
+    return bars_from_rows(
+        (v, s, tf, EPOCH + ts * ONE_MICROSECOND, o, h, lo, c, vol)
+        for v, s, tf, ts, o, h, lo, c, vol in rows
+    )
+
+
+def classify_sqlite_error(exc: BaseException) -> SinkError:
+    """The sink error for anything a write raised.
+
+    Retryable: a busy, locked or failing database, and unknown exceptions. Permanent: data
+    SQLite rejects (constraint, type) or cannot bind (``OverflowError`` and the like).
+    """
+    if isinstance(exc, SinkError):
+        return exc
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = code & 0xFF if isinstance(code, int) else None
+        if isinstance(exc, sqlite3.OperationalError) and (
+            primary is None or primary in RETRYABLE_SQLITE_CODES
+        ):
+            return RetryableSinkError(f"SQLite: {exc}")
+        return PermanentSinkError(f"SQLite rejected the batch: {type(exc).__name__}: {exc}")
+    if isinstance(exc, UNBINDABLE_VALUE_ERRORS):
+        return PermanentSinkError(f"SQLite cannot store a value: {type(exc).__name__}: {exc}")
+    return RetryableSinkError(f"SQLite write failed: {type(exc).__name__}: {exc}")
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Bring the schema to ``SCHEMA_VERSION`` in one transaction (no-op when it is there).
+
+    Raises ``SchemaVersionError`` for a database written by a newer release.
+    """
+    version = user_version(conn)
+    check_schema_version(version, SCHEMA_VERSION, f"SQLite database {path!r}")
+    if version == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = user_version(conn)  # another process may have migrated meanwhile
+        check_schema_version(version, SCHEMA_VERSION, f"SQLite database {path!r}")
+        if version < SCHEMA_VERSION:
+            for statement in SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            logger.info("SQLite {}: schema version {} -> {}", path, version, SCHEMA_VERSION)
+        conn.execute("COMMIT")
+    finally:
+        if conn.in_transaction:
+            conn.rollback()
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    """The schema version stored in the database header."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def select_sql(*, vendor: bool, after: bool) -> str:
+    """The range query of ``read``/``iter_bars``; ``after`` adds the keyset of the last page."""
+    where = ["symbol = :symbol", "timeframe = :timeframe", "ts >= :start", "ts < :end"]
+    if vendor:
+        where.append("vendor = :vendor")
+    if after and vendor:
+        where.append("ts > :after_ts")
+    elif after:
+        where.append("ts >= :after_ts AND (ts > :after_ts OR vendor > :after_vendor)")
+    return (
+        f"SELECT {COLUMNS} FROM {TABLE} WHERE {' AND '.join(where)} "
+        "ORDER BY ts, vendor LIMIT :limit"
+    )
+
+
+SELECT_RANGE = {
+    (vendor, after): select_sql(vendor=vendor, after=after)
+    for vendor in (False, True)
+    for after in (False, True)
+}
+# The bar read() would return last: newest ts, ties to the last vendor in name order.
+SELECT_LATEST = {
+    False: f"SELECT {COLUMNS} FROM {TABLE} WHERE symbol = ? AND timeframe = ? "
+    "ORDER BY ts DESC, vendor DESC LIMIT 1",
+    True: f"SELECT {COLUMNS} FROM {TABLE} WHERE symbol = ? AND timeframe = ? AND vendor = ? "
+    "ORDER BY ts DESC LIMIT 1",
+}
 
 
 class SqliteBarsSink(AsyncOpenClose):
-    """Writes ``Bar`` batches into the SQLite database at ``path`` (table ``bars``).
+    """Writes ``Bar`` batches into the SQLite database at ``path`` (table ``bars``) and reads
+    them back.
 
     Use as ``async with SqliteBarsSink(path) as sink:``, or ``await open()`` / ``close()``.
     ``busy_timeout_ms`` is how long one write waits for another process's lock before
@@ -140,7 +266,9 @@ class SqliteBarsSink(AsyncOpenClose):
         self._lifecycle = Lifecycle(f"SqliteBarsSink({self.path!r})")
         self._metrics = SinkMetrics(name)
         self._executor: ThreadPoolExecutor | None = None
+        self._reader: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._read_conn: sqlite3.Connection | None = None
 
     @property
     def state(self) -> SinkState:
@@ -148,30 +276,48 @@ class SqliteBarsSink(AsyncOpenClose):
         return self._lifecycle.state
 
     async def open(self) -> None:
-        """Connect, switch to WAL mode and create the table if needed."""
+        """Connect, switch to WAL mode, create or migrate the schema, open the read connection.
+
+        Raises ``SchemaVersionError`` for a database written by a newer release.
+        """
         self._lifecycle.check_can_open()
+        loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mds-{self.name}")
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mds-{self.name}-read")
         try:
-            self._conn = await asyncio.get_running_loop().run_in_executor(executor, self._connect)
+            self._conn = await loop.run_in_executor(executor, self._connect)
+            self._read_conn = await loop.run_in_executor(reader, self._connect_reader)
         except BaseException:
+            await loop.run_in_executor(executor, self._disconnect)
             executor.shutdown(wait=False)
+            reader.shutdown(wait=False)
             raise
-        self._executor = executor
+        self._executor, self._reader = executor, reader
         self._lifecycle.state = SinkState.OPEN
         logger.debug("sink {} opened {}", self.name, self.path)
 
     async def close(self) -> None:
-        """Finish queued writes, close the connection and stop the thread. Idempotent."""
+        """Finish queued writes and reads, close the connections, stop the threads.
+
+        Idempotent.
+        """
         if not self._lifecycle.begin_close():
             return
+        loop = asyncio.get_running_loop()
         executor, self._executor = self._executor, None
-        if executor is None:
-            return
+        reader, self._reader = self._reader, None
         try:
-            # Queued after any write already handed to the thread, so those finish first.
-            await asyncio.get_running_loop().run_in_executor(executor, self._disconnect)
+            if reader is not None:
+                await loop.run_in_executor(reader, self._disconnect_reader)
         finally:
-            executor.shutdown(wait=False)
+            if reader is not None:
+                reader.shutdown(wait=False)
+            if executor is not None:
+                try:
+                    # Queued after any write already handed to the thread: those finish first.
+                    await loop.run_in_executor(executor, self._disconnect)
+                finally:
+                    executor.shutdown(wait=False)
         logger.debug("sink {} closed", self.name)
 
     async def write(self, batch: Sequence[Bar]) -> None:
@@ -193,12 +339,115 @@ class SqliteBarsSink(AsyncOpenClose):
         """Number of rows in the table."""
         return await self._run(self._count)
 
+    async def read(
+        self,
+        symbol: str,
+        timeframe: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        vendor: str | None = None,
+        limit: int | None = None,
+    ) -> list[Bar]:
+        """The bars of ``symbol`` and ``timeframe`` with ``start <= ts < end``, ascending.
+
+        ``start``/``end`` None leave that side open; ``vendor=None`` reads every vendor, ties
+        on ``ts`` ordered by vendor; ``limit`` keeps the first ``limit`` bars. ``symbol`` is
+        normalised as ``Bar`` does. Raises ``ConfigError`` for arguments that make no sense
+        (start after end, a naive datetime, limit < 1).
+        """
+        params = self._range_params(symbol, timeframe, start, end, vendor, limit)
+        sql = SELECT_RANGE[vendor is not None, False]
+        return await self._read(self._select, sql, params)
+
+    def iter_bars(
+        self,
+        symbol: str,
+        timeframe: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        vendor: str | None = None,
+        limit: int | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> AsyncIterator[Bar]:
+        """The bars ``read`` returns, as an async iterator fetching ``page_size`` at a time.
+
+        Memory stays bounded by one page. Pages follow each other by key (the last
+        ``(ts, vendor)`` seen), so a bar never appears twice, whatever is written meanwhile.
+        Arguments are checked here, when called, not at the first iteration.
+        """
+        check_limit("page_size", page_size)
+        params = self._range_params(symbol, timeframe, start, end, vendor, limit)
+        return self._pages(params, vendor is not None, limit, page_size)
+
+    async def _pages(
+        self, params: dict[str, Any], by_vendor: bool, limit: int | None, page_size: int
+    ) -> AsyncIterator[Bar]:
+        sql = SELECT_RANGE[by_vendor, False]
+        remaining = limit
+        while remaining is None or remaining > 0:
+            wanted = page_size if remaining is None else min(page_size, remaining)
+            params["limit"] = wanted
+            page = await self._read(self._select, sql, params)
+            for bar in page:
+                yield bar
+            if len(page) < wanted:
+                return
+            if remaining is not None:
+                remaining -= len(page)
+            last = page[-1]
+            params["after_ts"] = epoch_us(last.ts, 0)
+            params["after_vendor"] = last.vendor
+            sql = SELECT_RANGE[by_vendor, True]
+
+    async def latest(
+        self, symbols: Iterable[str], timeframe: str, *, vendor: str | None = None
+    ) -> dict[str, Bar]:
+        """The newest bar of each symbol (normalised as ``Bar`` does) for ``timeframe``.
+
+        Symbols without a bar are left out. With ``vendor=None`` the newest bar of any
+        vendor; of vendors tied on ``ts``, the one ``read`` returns last.
+        """
+        wanted = check_symbols(symbols)
+        frame, source = check_timeframe(timeframe), check_vendor(vendor)
+        return await self._read(self._latest, wanted, frame, source)
+
+    def _range_params(
+        self,
+        symbol: str,
+        timeframe: str,
+        start: datetime | None,
+        end: datetime | None,
+        vendor: str | None,
+        limit: int | None,
+    ) -> dict[str, Any]:
+        symbol, timeframe, vendor = check_read_args(
+            symbol, timeframe, start, end, vendor=vendor, limit=limit
+        )
+        return {
+            "symbol": symbol,
+            "timeframe": timeframe,
+            "vendor": vendor,
+            "start": epoch_us(start, MIN_TS_US),
+            "end": epoch_us(end, MAX_TS_US),
+            "limit": -1 if limit is None else limit,
+        }
+
     async def _run(self, func: Callable[[Any], T], arg: Any = None) -> T:
         self._lifecycle.check_open()
         assert self._executor is not None
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, arg)
 
-    # Everything below runs on the sink's thread.
+    async def _read(self, func: Callable[..., T], *args: Any) -> T:
+        self._lifecycle.check_open()
+        assert self._reader is not None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._reader, func, *args)
+        except sqlite3.Error as exc:
+            raise classify_sqlite_error(exc) from exc
+
+    # Everything below runs on the sink's threads: the writer's or the reader's.
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -207,16 +456,28 @@ class SqliteBarsSink(AsyncOpenClose):
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            conn.execute(SCHEMA)
+            migrate(conn, self.path)
         except BaseException:
             conn.close()
             raise
+        return conn
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None
+        )
+        conn.execute("PRAGMA query_only=ON")
         return conn
 
     def _disconnect(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def _disconnect_reader(self) -> None:
+        if self._read_conn is not None:
+            self._read_conn.close()
+            self._read_conn = None
 
     def _write_batch(self, batch: Sequence[Any]) -> None:
         rows = rows_of(batch, sqlite_rows, sqlite_row)
@@ -226,12 +487,29 @@ class SqliteBarsSink(AsyncOpenClose):
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(UPSERT, rows)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:
+            raise classify_sqlite_error(exc) from exc
+        finally:
+            # Whatever failed (even a value SQLite cannot bind), never leave the lock held.
             if conn.in_transaction:
                 conn.rollback()
-            raise classify_sqlite_error(exc) from exc
 
     def _count(self, _: object) -> int:
         assert self._conn is not None
         row = self._conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
         return int(row[0])
+
+    def _select(self, sql: str, params: dict[str, Any]) -> list[Bar]:
+        assert self._read_conn is not None
+        return bars_of(self._read_conn.execute(sql, params).fetchall())
+
+    def _latest(self, symbols: list[str], timeframe: str, vendor: str | None) -> dict[str, Bar]:
+        assert self._read_conn is not None
+        sql = SELECT_LATEST[vendor is not None]
+        found: dict[str, Bar] = {}
+        for symbol in symbols:
+            params = (symbol, timeframe) if vendor is None else (symbol, timeframe, vendor)
+            rows = self._read_conn.execute(sql, params).fetchall()
+            if rows:
+                found[symbol] = bars_of(rows)[0]
+        return found

@@ -10,6 +10,14 @@ import pytest
 from pydantic import ValidationError
 
 from market_data_store.sinks import Bar
+from market_data_store.sinks.bar import (
+    BAR_FIELDS,
+    SYMBOL_MAX_LENGTH,
+    TIMEFRAME_MAX_LENGTH,
+    VENDOR_MAX_LENGTH,
+    bars_from_rows,
+    normalise_symbol,
+)
 
 
 def bar_values(**changes: Any) -> dict[str, Any]:
@@ -109,3 +117,81 @@ def test_json_form_round_trips() -> None:
     """The JSON form a dead-letter queue stores validates back into an equal bar."""
     bar = Bar(**bar_values())
     assert Bar.model_validate(bar.model_dump(mode="json")) == bar
+
+
+def test_bars_from_rows_equal_validated_bars() -> None:
+    """bars_from_rows builds bars equal to, hashing like and as frozen as validated ones."""
+    validated = Bar(**bar_values())
+    (built,) = bars_from_rows([tuple(getattr(validated, f) for f in BAR_FIELDS)])
+    assert type(built) is Bar
+    assert built == validated
+    assert hash(built) == hash(validated)
+    assert built.model_fields_set == validated.model_fields_set
+    assert repr(built) == repr(validated)
+    assert built.model_copy(update={"volume": 1.0}) == validated.model_copy(update={"volume": 1.0})
+    with pytest.raises(ValidationError):
+        built.close = 1.0  # type: ignore[misc]
+
+
+def test_bars_from_rows_do_not_share_their_fields_set() -> None:
+    """Each built bar owns its fields-set, so changing one leaves the others alone."""
+    row = tuple(getattr(Bar(**bar_values()), f) for f in BAR_FIELDS)
+    first, second = bars_from_rows([row, row])
+    first.model_fields_set.discard("volume")
+    assert "volume" in second.model_fields_set
+
+
+@pytest.mark.parametrize(
+    ("symbol", "stored"),
+    [
+        pytest.param("brk.b", "BRK.B", id="ascii"),
+        pytest.param("\uff21\uff21\uff30\uff2c", "AAPL", id="full-width-nfkc"),
+        pytest.param("\ufb01x", "FIX", id="ligature-nfkc"),
+        pytest.param("sie g", "SIE G", id="inner-space"),
+        pytest.param("é", "É", id="accented"),
+        pytest.param("A" * SYMBOL_MAX_LENGTH, "A" * SYMBOL_MAX_LENGTH, id="max-length"),
+    ],
+)
+def test_symbols_are_normalised_nfkc_upper(symbol: str, stored: str) -> None:
+    """A symbol is stored NFKC-normalised and upper-cased, and normalising is idempotent."""
+    assert Bar(**bar_values(symbol=symbol)).symbol == stored
+    assert normalise_symbol(stored) == stored
+
+
+@pytest.mark.parametrize(
+    ("symbol", "reason"),
+    [
+        pytest.param("AA\x00PL", "printable", id="nul"),
+        pytest.param("AA\nPL", "printable", id="newline"),
+        pytest.param("AA\u200bPL", "printable", id="zero-width-space"),
+        pytest.param("A" * (SYMBOL_MAX_LENGTH + 1), "1 to 32", id="too-long"),
+        pytest.param("straße", "changes length when upper-cased", id="sharp-s"),
+    ],
+)
+def test_bad_symbols_are_rejected_naming_the_rule(symbol: str, reason: str) -> None:
+    """Control or zero-width characters, over-long symbols and length-changing upper-casing
+    are rejected with an error on ``symbol`` saying why."""
+    error = error_of(symbol=symbol)
+    assert error["loc"] == ("symbol",)
+    assert reason in error["msg"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("vendor", "poly\x00gon"),
+        ("vendor", "v" * (VENDOR_MAX_LENGTH + 1)),
+        ("timeframe", "1\tm"),
+        ("timeframe", "m" * (TIMEFRAME_MAX_LENGTH + 1)),
+        ("vendor", ""),
+    ],
+)
+def test_vendor_and_timeframe_are_bounded_and_printable(field: str, value: str) -> None:
+    """vendor and timeframe refuse control characters, emptiness and excess length."""
+    assert error_of(**{field: value})["loc"] == (field,)
+
+
+def test_vendor_and_timeframe_keep_their_case() -> None:
+    """vendor and timeframe are stripped but otherwise stored as given."""
+    bar = Bar(**bar_values(vendor=" Polygon ", timeframe="1Min"))
+    assert (bar.vendor, bar.timeframe) == ("Polygon", "1Min")
