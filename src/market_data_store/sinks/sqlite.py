@@ -1,9 +1,14 @@
 """``SqliteBarsSink``: bars into an embedded SQLite database (the default sink).
 
 Writes: one connection, owned by one dedicated thread, does all writing, so the event loop
-never waits on SQLite and concurrent ``write()`` calls queue up in order. Each batch is one
-``BEGIN IMMEDIATE ... COMMIT`` transaction in WAL mode and upserts on
-``(vendor, symbol, timeframe, ts)``, so a replayed batch leaves the rows as they were.
+never waits on SQLite and concurrent ``write()`` calls queue up in order. Group commit: the
+thread takes every batch waiting for it (up to ``GROUP_MAX_ROWS`` rows) into one
+``BEGIN IMMEDIATE ... COMMIT`` transaction in WAL mode, so a commit's cost is shared by the
+batches the coordinator's workers hand over meanwhile; each ``write()`` still returns or
+raises for its own batch only. If a group's transaction fails for any reason but a busy or
+locked database, its batches are written again one transaction each, so a bad batch fails
+alone. Rows are upserted on ``(vendor, symbol, timeframe, ts)``, so a replayed batch leaves
+them as they were.
 ``ts`` is stored as integer microseconds since the Unix epoch (UTC): formatting a timestamp
 per row as text would cost more than the rest of the write. The view ``bars_readable`` shows
 it as ISO-8601 UTC text for people using the ``sqlite3`` shell.
@@ -26,9 +31,11 @@ so the database is never left locked.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -55,6 +62,10 @@ from market_data_store.sinks.bar import BAR_FIELDS, Bar, bars_from_rows
 
 T = TypeVar("T")
 SqliteRow = tuple[str, str, str, int, float, float, float, float, float]
+Pending = tuple[Sequence[Any], "asyncio.Future[None]"]
+
+GROUP_MAX_ROWS = 20_000
+"""Group commit stops taking waiting batches once it holds this many rows."""
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)
@@ -178,6 +189,25 @@ def classify_sqlite_error(exc: BaseException) -> SinkError:
     return RetryableSinkError(f"SQLite write failed: {type(exc).__name__}: {exc}")
 
 
+def is_busy(error: SinkError) -> bool:
+    """Whether ``error`` comes from a busy or locked database (retrying each batch would only
+    wait on the same lock again)."""
+    cause = error.__cause__
+    code = getattr(cause, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def settle(outcomes: list[asyncio.Future[None]], errors: list[SinkError | None]) -> None:
+    """Complete each batch's future (on the event loop) with its own outcome."""
+    for outcome, error in zip(outcomes, errors, strict=True):
+        if outcome.done():
+            continue
+        if error is None:
+            outcome.set_result(None)
+        else:
+            outcome.set_exception(error)
+
+
 def migrate(conn: sqlite3.Connection, path: str) -> None:
     """Bring the schema to ``SCHEMA_VERSION`` in one transaction (no-op when it is there).
 
@@ -269,6 +299,7 @@ class SqliteBarsSink(AsyncOpenClose):
         self._reader: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._read_conn: sqlite3.Connection | None = None
+        self._pending: deque[Pending] = deque()  # appended on the loop, taken by the thread
 
     @property
     def state(self) -> SinkState:
@@ -321,14 +352,21 @@ class SqliteBarsSink(AsyncOpenClose):
         logger.debug("sink {} closed", self.name)
 
     async def write(self, batch: Sequence[Bar]) -> None:
-        """Upsert ``batch`` in one transaction; the batch is not modified.
+        """Upsert ``batch`` in one transaction (shared with other waiting batches); the batch
+        is not modified.
 
         Items that are not ``Bar`` objects (e.g. the dicts a DLQ replay yields) are validated
         as bars first; one that fails makes the whole batch a ``PermanentSinkError``.
         """
+        self._lifecycle.check_open()
+        assert self._executor is not None
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[None] = loop.create_future()
+        self._pending.append((batch, outcome))
+        self._executor.submit(self._write_pending, loop)
         try:
-            await self._run(self._write_batch, batch)
+            await outcome
         except SinkError as exc:
             self._metrics.failed(exc)
             logger.warning("sink {} failed a batch of {} bars: {}", self.name, len(batch), exc)
@@ -479,8 +517,59 @@ class SqliteBarsSink(AsyncOpenClose):
             self._read_conn.close()
             self._read_conn = None
 
-    def _write_batch(self, batch: Sequence[Any]) -> None:
-        rows = rows_of(batch, sqlite_rows, sqlite_row)
+    def _write_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Write every batch waiting (up to ``GROUP_MAX_ROWS`` rows) and settle their futures.
+
+        One job is queued per ``write()``; a job that finds nothing waiting (an earlier job
+        took its batch into a group) returns at once.
+        """
+        group: list[Pending] = []
+        rows = 0
+        while self._pending and rows < GROUP_MAX_ROWS:
+            batch, outcome = self._pending.popleft()
+            if not outcome.cancelled():
+                group.append((batch, outcome))
+                rows += len(batch)
+        if not group:
+            return
+        try:
+            errors = self._write_group([batch for batch, _ in group])
+        except Exception as exc:  # a bug here must fail the batches, not leave them waiting
+            error = RetryableSinkError(f"SQLite write failed: {type(exc).__name__}: {exc}")
+            errors = [error] * len(group)
+        try:
+            loop.call_soon_threadsafe(settle, [outcome for _, outcome in group], errors)
+        except RuntimeError:  # the loop has closed: no one is waiting any more
+            pass
+
+    def _write_group(self, batches: list[Sequence[Any]]) -> list[SinkError | None]:
+        """Each batch's error (None: written); one transaction, else one per batch."""
+        errors: list[SinkError | None] = [None] * len(batches)
+        converted: list[tuple[int, list[SqliteRow]]] = []
+        for index, batch in enumerate(batches):
+            try:
+                converted.append((index, rows_of(batch, sqlite_rows, sqlite_row)))
+            except Exception as exc:
+                errors[index] = classify_sqlite_error(exc)
+        if not converted:
+            return errors
+        try:
+            self._transaction(itertools.chain.from_iterable(rows for _, rows in converted))
+            return errors
+        except SinkError as exc:
+            if len(converted) == 1 or is_busy(exc):
+                for index, _ in converted:
+                    errors[index] = exc
+                return errors
+        for index, rows in converted:  # the group failed: find the batch(es) at fault
+            try:
+                self._transaction(rows)
+            except SinkError as exc:
+                errors[index] = exc
+        return errors
+
+    def _transaction(self, rows: Iterable[SqliteRow]) -> None:
+        """Upsert ``rows`` in one transaction, raising a classified ``SinkError``."""
         conn = self._conn
         assert conn is not None
         try:

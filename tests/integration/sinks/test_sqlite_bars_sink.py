@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sink_helpers import invalid_bar, make_bars
+from sink_helpers import invalid_bar, make_bars, wait_until
 
 from market_data_store.coordinator import default_retry_classifier
 from market_data_store.coordinator.types import PermanentSinkError, RetryableSinkError, Sink
@@ -425,3 +425,73 @@ async def test_reads_do_not_wait_for_a_blocked_writer(
             reader.execute("ROLLBACK")
             await asyncio.wait_for(write, timeout=10)
         assert len(await sink.read("SYM0", "1m")) == 15
+
+
+# -- issue 11: group commit ----------------------------------------------------------------
+
+
+async def queue_behind_a_lock(
+    sink: SqliteBarsSink, reader: sqlite3.Connection, batches: list[list[Bar]]
+) -> list[asyncio.Task[None]]:
+    """Write ``batches[0]`` while ``reader`` holds the write lock, so the writer thread waits
+    on it; start the other writes once it does, so they queue up; then release the lock."""
+    reader.execute("BEGIN IMMEDIATE")
+    try:
+        first = asyncio.create_task(sink.write(batches[0]))
+        await asyncio.sleep(0)  # one step: the write has handed its batch over
+        await wait_until(lambda: not sink._pending and not first.done(), what="writer waits")
+        rest = [asyncio.create_task(sink.write(batch)) for batch in batches[1:]]
+        await wait_until(lambda: len(sink._pending) == len(rest), what="batches queued")
+    finally:
+        reader.execute("ROLLBACK")
+    return [first, *rest]
+
+
+async def test_waiting_batches_share_one_transaction(
+    db_path: Path, reader: sqlite3.Connection
+) -> None:
+    """Batches that wait while the writer is busy are committed together, not one by one."""
+    async with SqliteBarsSink(db_path, busy_timeout_ms=30_000) as sink:
+        statements: list[str] = []
+        assert sink._executor is not None and sink._conn is not None
+        conn = sink._conn
+        await asyncio.get_running_loop().run_in_executor(
+            sink._executor, conn.set_trace_callback, statements.append
+        )
+        batches = [make_bars(50, offset=50 * i) for i in range(6)]
+        writes = await queue_behind_a_lock(sink, reader, batches)
+        await asyncio.wait_for(asyncio.gather(*writes), timeout=30)
+        assert await sink.count() == 300
+        assert statements.count("COMMIT") == 2  # the first batch, then the five that waited
+
+
+async def test_a_bad_batch_in_a_group_fails_alone(
+    db_path: Path, reader: sqlite3.Connection
+) -> None:
+    """A batch the database rejects fails alone; the batches grouped with it are written."""
+    async with SqliteBarsSink(db_path, busy_timeout_ms=30_000) as sink:
+        batches = [make_bars(50, offset=50 * i) for i in range(5)]
+        batches[3] = [*batches[3][:10], invalid_bar(low=1e9)]
+        writes = await queue_behind_a_lock(sink, reader, batches)
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*writes, return_exceptions=True), timeout=30
+        )
+        assert [type(o) for o in outcomes] == [type(None)] * 3 + [PermanentSinkError, type(None)]
+        assert await sink.count() == 200
+
+
+async def test_a_locked_group_fails_every_batch_retryably(
+    db_path: Path, reader: sqlite3.Connection
+) -> None:
+    """When the database stays locked, each waiting batch gets a retryable error at once."""
+    async with SqliteBarsSink(db_path, busy_timeout_ms=0) as sink:
+        reader.execute("BEGIN IMMEDIATE")
+        try:
+            outcomes = await asyncio.gather(
+                *(sink.write(make_bars(10, offset=10 * i)) for i in range(4)),
+                return_exceptions=True,
+            )
+        finally:
+            reader.execute("ROLLBACK")
+        assert all(isinstance(o, RetryableSinkError) for o in outcomes)
+        assert await sink.count() == 0
