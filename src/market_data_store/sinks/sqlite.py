@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from operator import attrgetter
+from operator import itemgetter
 from typing import Any, Literal, TypeVar
 
 from loguru import logger
@@ -134,14 +134,30 @@ RETRYABLE_SQLITE_CODES = frozenset(
 # Raised while binding a value SQLite cannot store (an int beyond 64 bits, a lone surrogate).
 UNBINDABLE_VALUE_ERRORS = (OverflowError, TypeError, ValueError)
 
-_bar_values = attrgetter(*BAR_FIELDS)
+_bar_values = itemgetter(*BAR_FIELDS)
 
 
 def sqlite_rows(batch: Sequence[Any]) -> list[SqliteRow]:
-    """Rows for ``UPSERT``: the bar's fields in table order with ``ts`` in epoch microseconds."""
+    """Rows for ``UPSERT``: the bar's fields in table order with ``ts`` in epoch microseconds.
+
+    Reads each bar's ``__dict__`` (no attribute lookups) and converts each distinct ``ts``
+    once per batch: bars of many symbols share their timestamps, and the conversion is most
+    of the cost. Raises ``TypeError`` for an item that is not a ``Bar`` (the caller then
+    takes the checked path).
+    """
+    if not all(isinstance(bar, Bar) for bar in batch):
+        raise TypeError("the batch holds items that are not Bar objects")
+    cache: dict[datetime, int] = {}
+
+    def epoch_us_cached(ts: datetime) -> int:
+        us = cache.get(ts)
+        if us is None:
+            us = cache[ts] = (ts - EPOCH) // ONE_MICROSECOND
+        return us
+
     return [
-        (vendor, symbol, timeframe, (ts - EPOCH) // ONE_MICROSECOND, o, h, lo, c, volume)
-        for vendor, symbol, timeframe, ts, o, h, lo, c, volume in map(_bar_values, batch)
+        (vendor, symbol, timeframe, epoch_us_cached(ts), o, h, lo, c, volume)
+        for vendor, symbol, timeframe, ts, o, h, lo, c, volume in map(_bar_values, map(vars, batch))
     ]
 
 

@@ -495,3 +495,20 @@ async def test_a_locked_group_fails_every_batch_retryably(
             reader.execute("ROLLBACK")
         assert all(isinstance(o, RetryableSinkError) for o in outcomes)
         assert await sink.count() == 0
+
+
+def test_row_conversion_matches_the_bar_values() -> None:
+    """Rows carry each bar's values, ts as epoch microseconds, shared timestamps included."""
+    from datetime import timedelta, timezone
+
+    bars = make_bars(30, symbols=10)
+    eastern = invalid_bar(ts=bars[0].ts.astimezone(timezone(timedelta(hours=-5))))
+    rows = sqlite_sink.sqlite_rows([*bars, eastern])
+    expected_ts = [int(b.ts.timestamp()) * 1_000_000 + b.ts.microsecond for b in bars]
+    assert [row[3] for row in rows[:-1]] == expected_ts
+    assert rows[-1][3] == expected_ts[0]
+    assert [row[:3] + row[4:] for row in rows[:-1]] == [
+        (b.vendor, b.symbol, b.timeframe, b.open, b.high, b.low, b.close, b.volume) for b in bars
+    ]
+    with pytest.raises(TypeError):
+        sqlite_sink.sqlite_rows([*bars, {"symbol": "AAPL"}])
