@@ -17,8 +17,12 @@ PostgreSQL: ``--postgres-dsn`` (a role allowed to CREATE DATABASE: each round us
 database, dropped afterwards), else a throwaway server (market_data_store.testing.postgres,
 fsync off); without PostgreSQL binaries that part is skipped.
 
+``--keys`` instead compares SQLite table keys (the key decision of issue 11): for each
+layout, the coordinated write as above and a read of one symbol's bars through
+``SqliteBarsSink.read``, in rounds whose layout order rotates.
+
     python benchmarks/bench_sinks.py [--bars 200000] [--rounds 5] [--only sqlite|postgres]
-        [--postgres-dsn DSN] [--profile]
+        [--postgres-dsn DSN] [--profile] [--keys]
 """
 
 from __future__ import annotations
@@ -122,6 +126,68 @@ def sqlite_timings(bars: list[Bar], folder: Path) -> tuple[Timed, Timed]:
         return elapsed
 
     return bare, coordinated
+
+
+CHOSEN_KEY = "PRIMARY KEY (symbol, timeframe, ts, vendor)"
+KEY_LAYOUTS = {
+    "series-first key (chosen)": None,
+    "time-first key + series index": "PRIMARY KEY (ts, vendor, symbol, timeframe)",
+    "vendor-first key (round one) + series index": "PRIMARY KEY (vendor, symbol, timeframe, ts)",
+}
+
+
+def create_layout(path: Path, key: str | None) -> None:
+    """A database of the current schema version whose table has ``key`` (None: the sink's)."""
+    if key is None:
+        return
+    columns = sqlite_sink.TABLE_COLUMNS.replace(CHOSEN_KEY, key)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"CREATE TABLE bars ({columns}) WITHOUT ROWID")
+        conn.execute("CREATE INDEX bars_by_series ON bars (symbol, timeframe, ts, vendor)")
+        conn.execute(sqlite_sink.CREATE_READABLE_VIEW)
+        conn.execute(f"PRAGMA user_version = {sqlite_sink.SCHEMA_VERSION}")
+    finally:
+        conn.close()
+
+
+async def write_then_read(path: Path, bars: list[Bar], reads: int = 20) -> tuple[float, float]:
+    """(seconds to write ``bars`` through the coordinator, best seconds to read one symbol)."""
+    async with SqliteBarsSink(path) as sink:
+        written = await through_coordinator(sink, bars)
+        symbol = bars[7].symbol
+        best = float("inf")
+        for _ in range(reads):
+            started = time.perf_counter()
+            got = await sink.read(symbol, "1m")
+            best = min(best, time.perf_counter() - started)
+        assert len(got) == sum(1 for bar in bars if bar.symbol == symbol)
+    return written, best
+
+
+def bench_keys(bars: list[Bar], args: argparse.Namespace) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="mds-bench-keys-", dir=args.tmpdir))
+    names = list(KEY_LAYOUTS)
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    try:
+        for i in range(args.rounds):
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                path = folder / f"{uuid.uuid4().hex}.db"
+                create_layout(path, KEY_LAYOUTS[name])
+                results[name].append(asyncio.run(write_then_read(path, bars)))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    per_symbol = sum(1 for bar in bars if bar.symbol == bars[7].symbol)
+    chosen = results[names[0]]
+    print(f"SQLite table keys, {args.rounds} rounds (layout order rotating), min/median/max")
+    for name in names:
+        writes = [len(bars) / w for w, _ in results[name]]
+        reads = [r * 1e3 for _, r in results[name]]
+        vs = [c[0] / w for c, (w, _) in zip(chosen, results[name], strict=True)]
+        print(f"  {name:45s} write bars/s {spread(writes, ',.0f')}")
+        print(f"  {'':45s} read {per_symbol:,} bars of one symbol, ms {spread(reads, '.2f')}")
+        print(f"  {'':45s} write time vs chosen per round {spread(vs, '.2f')}")
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------
@@ -296,9 +362,13 @@ def main() -> None:
     parser.add_argument("--postgres-dsn", help="server to use instead of a throwaway one")
     parser.add_argument("--tmpdir", help="where the SQLite files go (default: system temp)")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile run")
+    parser.add_argument("--keys", action="store_true", help="compare SQLite table keys")
     args = parser.parse_args()
     logger.remove()  # the library logs through loguru; keep the report readable
     bars = make_bars(args.bars)
+    if args.keys:
+        bench_keys(bars, args)
+        return
     print(
         f"{args.bars:,} bars of 50 symbols, DEFAULT coordinator settings, "
         f"{args.rounds} paired rounds (order alternating, fresh event loop each)"

@@ -7,8 +7,8 @@ thread takes every batch waiting for it (up to ``GROUP_MAX_ROWS`` rows) into one
 batches the coordinator's workers hand over meanwhile; each ``write()`` still returns or
 raises for its own batch only. If a group's transaction fails for any reason but a busy or
 locked database, its batches are written again one transaction each, so a bad batch fails
-alone. Rows are upserted on ``(vendor, symbol, timeframe, ts)``, so a replayed batch leaves
-them as they were.
+alone. Rows are upserted on their key, ``(symbol, timeframe, ts, vendor)``, so a replayed batch
+leaves them as they were.
 ``ts`` is stored as integer microseconds since the Unix epoch (UTC): formatting a timestamp
 per row as text would cost more than the rest of the write. The view ``bars_readable`` shows
 it as ISO-8601 UTC text for people using the ``sqlite3`` shell.
@@ -19,7 +19,8 @@ batch whose ``write()`` returned before the read began.
 
 Schema: ``PRAGMA user_version`` holds the schema version. Opening a database of an older
 version (0: the first release, no version) migrates it in place in one transaction, keeping
-every row; a database of a newer version is refused with ``SchemaVersionError``.
+every row (version 0 -> 1 rebuilds the table with its new key, once); a database of a
+newer version is refused with ``SchemaVersionError``.
 
 Errors: a batch holding something that is not a valid bar, or rows the table's constraints
 reject or SQLite cannot bind, raise ``PermanentSinkError`` (dead-letter it); a busy or
@@ -78,8 +79,13 @@ COLUMNS = ", ".join(BAR_FIELDS)
 SCHEMA_VERSION = 1
 """``PRAGMA user_version`` of the schema below; 0 is the first release's (no version)."""
 
-CREATE_TABLE = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
+# The key leads with the series, (symbol, timeframe, ts, vendor): a read of one series and
+# time range is one range search of the table itself, in the order read() returns, and a
+# commit of interleaved symbols touches one leaf page per symbol in one b-tree. (Measured
+# against a time-first key (ts, vendor, symbol, timeframe), which appends at the right edge
+# but needs a second index for reads, and against the first release's vendor-first key plus
+# that index: this key writes and reads fastest; see benchmarks/bench_sinks.py --keys.)
+TABLE_COLUMNS = """
     vendor    TEXT    NOT NULL,
     symbol    TEXT    NOT NULL,
     timeframe TEXT    NOT NULL,
@@ -89,15 +95,20 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     low       REAL    NOT NULL,
     close     REAL    NOT NULL,
     volume    REAL    NOT NULL,
-    PRIMARY KEY (vendor, symbol, timeframe, ts),
+    PRIMARY KEY (symbol, timeframe, ts, vendor),
     CHECK (low <= open AND low <= close AND open <= high AND close <= high),
     CHECK (low > -9e999 AND high < 9e999),
     CHECK (volume >= 0 AND volume < 9e999)
-) WITHOUT ROWID
 """
-# Reads by series and time range, any vendor, ordered as read() returns them.
-CREATE_SERIES_INDEX = (
-    f"CREATE INDEX IF NOT EXISTS bars_by_series ON {TABLE} (symbol, timeframe, ts, vendor)"
+CREATE_TABLE = f"CREATE TABLE IF NOT EXISTS {TABLE} ({TABLE_COLUMNS}) WITHOUT ROWID"
+# Version 0 (the first release) keyed the table (vendor, symbol, timeframe, ts), so a read
+# without vendor scanned it: migrating rebuilds it in key order, keeping every row.
+MIGRATE_FROM_0 = (
+    f"CREATE TABLE {TABLE}_v1 ({TABLE_COLUMNS}) WITHOUT ROWID",
+    f"INSERT INTO {TABLE}_v1 ({COLUMNS}) SELECT {COLUMNS} FROM {TABLE} "
+    "ORDER BY symbol, timeframe, ts, vendor",
+    f"DROP TABLE {TABLE}",
+    f"ALTER TABLE {TABLE}_v1 RENAME TO {TABLE}",
 )
 # ts as ISO-8601 UTC text with microseconds (floor division, so before 1970 works too).
 CREATE_READABLE_VIEW = f"""
@@ -108,7 +119,7 @@ SELECT vendor, symbol, timeframe,
     open, high, low, close, volume
 FROM (SELECT *, ((ts % 1000000) + 1000000) % 1000000 AS us FROM {TABLE})
 """
-SCHEMA = (CREATE_TABLE, CREATE_SERIES_INDEX, CREATE_READABLE_VIEW)
+SCHEMA = (CREATE_TABLE, CREATE_READABLE_VIEW)
 
 UPSERT = f"""
 INSERT INTO {TABLE} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -238,6 +249,9 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
         version = user_version(conn)  # another process may have migrated meanwhile
         check_schema_version(version, SCHEMA_VERSION, f"SQLite database {path!r}")
         if version < SCHEMA_VERSION:
+            if version == 0 and table_exists(conn, TABLE):
+                for statement in MIGRATE_FROM_0:
+                    conn.execute(statement)
             for statement in SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -246,6 +260,12 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
     finally:
         if conn.in_transaction:
             conn.rollback()
+
+
+def table_exists(conn: sqlite3.Connection, name: str) -> bool:
+    """Whether the database holds a table called ``name``."""
+    sql = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
+    return bool(conn.execute(sql, (name,)).fetchone()[0])
 
 
 def user_version(conn: sqlite3.Connection) -> int:
