@@ -13,6 +13,12 @@ leaves them as they were.
 per row as text would cost more than the rest of the write. The view ``bars_readable`` shows
 it as ISO-8601 UTC text for people using the ``sqlite3`` shell.
 
+Checkpoints: the writer does not copy the WAL back into the database itself (that would
+stall writes, an fsync each time); every ``CHECKPOINT_EVERY_ROWS`` rows committed it asks
+a third connection, on its own thread, for a PASSIVE checkpoint, which never blocks the
+writer. The writer keeps SQLite's automatic checkpoint at ``BACKSTOP_CHECKPOINT_PAGES`` in
+case the checkpointer falls behind, so the WAL stays bounded.
+
 Reads: a second, read-only connection on a second thread. WAL lets it read while a write
 is in progress, so reads neither wait for queued writes nor delay them; a read sees every
 batch whose ``write()`` returned before the read began.
@@ -67,6 +73,11 @@ Pending = tuple[Sequence[Any], "asyncio.Future[None]"]
 
 GROUP_MAX_ROWS = 20_000
 """Group commit stops taking waiting batches once it holds this many rows."""
+CHECKPOINT_EVERY_ROWS = 10_000
+"""Rows committed between checkpoint requests (about SQLite's default 1,000 WAL pages when
+50 symbols are interleaved; fewer pages when a feed appends to few series)."""
+BACKSTOP_CHECKPOINT_PAGES = 10_000
+"""The writer's own automatic checkpoint, used only if the checkpointer falls behind."""
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)
@@ -333,6 +344,10 @@ class SqliteBarsSink(AsyncOpenClose):
         self._metrics = SinkMetrics(name)
         self._executor: ThreadPoolExecutor | None = None
         self._reader: ThreadPoolExecutor | None = None
+        self._checkpointer: ThreadPoolExecutor | None = None
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._rows_since_checkpoint = 0
+        self._checkpoint_queued = False
         self._conn: sqlite3.Connection | None = None
         self._read_conn: sqlite3.Connection | None = None
         self._pending: deque[Pending] = deque()  # appended on the loop, taken by the thread
@@ -343,23 +358,28 @@ class SqliteBarsSink(AsyncOpenClose):
         return self._lifecycle.state
 
     async def open(self) -> None:
-        """Connect, switch to WAL mode, create or migrate the schema, open the read connection.
+        """Connect, switch to WAL mode, create or migrate the schema, open the read and
+        checkpoint connections.
 
         Raises ``SchemaVersionError`` for a database written by a newer release.
         """
         self._lifecycle.check_can_open()
         loop = asyncio.get_running_loop()
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mds-{self.name}")
-        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mds-{self.name}-read")
+        executor = self._thread("")
+        reader, checkpointer = self._thread("-read"), self._thread("-checkpoint")
         try:
             self._conn = await loop.run_in_executor(executor, self._connect)
             self._read_conn = await loop.run_in_executor(reader, self._connect_reader)
+            self._checkpoint_conn = await loop.run_in_executor(
+                checkpointer, self._connect_checkpointer
+            )
         except BaseException:
+            await loop.run_in_executor(reader, self._disconnect_reader)
             await loop.run_in_executor(executor, self._disconnect)
-            executor.shutdown(wait=False)
-            reader.shutdown(wait=False)
+            for thread in (executor, reader, checkpointer):
+                thread.shutdown(wait=False)
             raise
-        self._executor, self._reader = executor, reader
+        self._executor, self._reader, self._checkpointer = executor, reader, checkpointer
         self._lifecycle.state = SinkState.OPEN
         logger.debug("sink {} opened {}", self.name, self.path)
 
@@ -371,21 +391,25 @@ class SqliteBarsSink(AsyncOpenClose):
         if not self._lifecycle.begin_close():
             return
         loop = asyncio.get_running_loop()
-        executor, self._executor = self._executor, None
-        reader, self._reader = self._reader, None
+        closing = [
+            (self._reader, self._disconnect_reader),
+            # Queued after any write already handed to the thread: those finish first.
+            (self._executor, self._disconnect),
+            (self._checkpointer, self._disconnect_checkpointer),
+        ]
+        self._executor = self._reader = self._checkpointer = None
         try:
-            if reader is not None:
-                await loop.run_in_executor(reader, self._disconnect_reader)
+            for thread, disconnect in closing:
+                if thread is not None:
+                    await loop.run_in_executor(thread, disconnect)
         finally:
-            if reader is not None:
-                reader.shutdown(wait=False)
-            if executor is not None:
-                try:
-                    # Queued after any write already handed to the thread: those finish first.
-                    await loop.run_in_executor(executor, self._disconnect)
-                finally:
-                    executor.shutdown(wait=False)
+            for thread, _ in closing:
+                if thread is not None:
+                    thread.shutdown(wait=False)
         logger.debug("sink {} closed", self.name)
+
+    def _thread(self, suffix: str) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mds-{self.name}{suffix}")
 
     async def write(self, batch: Sequence[Bar]) -> None:
         """Upsert ``batch`` in one transaction (shared with other waiting batches); the batch
@@ -530,6 +554,7 @@ class SqliteBarsSink(AsyncOpenClose):
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
             migrate(conn, self.path)
         except BaseException:
             conn.close()
@@ -542,6 +567,41 @@ class SqliteBarsSink(AsyncOpenClose):
         )
         conn.execute("PRAGMA query_only=ON")
         return conn
+
+    def _connect_checkpointer(self) -> sqlite3.Connection:
+        return sqlite3.connect(
+            self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None
+        )
+
+    def _disconnect_checkpointer(self) -> None:
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()
+            self._checkpoint_conn = None
+
+    def _request_checkpoint(self, rows: int) -> None:
+        """On the writer's thread: count committed rows, queue a checkpoint when due."""
+        self._rows_since_checkpoint += rows
+        checkpointer = self._checkpointer
+        if self._rows_since_checkpoint < CHECKPOINT_EVERY_ROWS or checkpointer is None:
+            return
+        if self._checkpoint_queued:  # the last one is still running: it will catch up
+            return
+        self._rows_since_checkpoint = 0
+        self._checkpoint_queued = True
+        try:
+            checkpointer.submit(self._checkpoint)
+        except RuntimeError:  # closing: the last connection to close checkpoints
+            self._checkpoint_queued = False
+
+    def _checkpoint(self) -> None:
+        """On the checkpointer's thread: copy the WAL back without blocking the writer."""
+        try:
+            if self._checkpoint_conn is not None:
+                self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:  # the writer's backstop checkpoint still bounds the WAL
+            logger.debug("sink {}: checkpoint failed: {}", self.name, exc)
+        finally:
+            self._checkpoint_queued = False
 
     def _disconnect(self) -> None:
         if self._conn is not None:
@@ -591,6 +651,7 @@ class SqliteBarsSink(AsyncOpenClose):
             return errors
         try:
             self._transaction(itertools.chain.from_iterable(rows for _, rows in converted))
+            self._request_checkpoint(sum(len(rows) for _, rows in converted))
             return errors
         except SinkError as exc:
             if len(converted) == 1 or is_busy(exc):
@@ -600,6 +661,7 @@ class SqliteBarsSink(AsyncOpenClose):
         for index, rows in converted:  # the group failed: find the batch(es) at fault
             try:
                 self._transaction(rows)
+                self._request_checkpoint(len(rows))
             except SinkError as exc:
                 errors[index] = exc
         return errors

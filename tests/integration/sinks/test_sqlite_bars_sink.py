@@ -512,3 +512,27 @@ def test_row_conversion_matches_the_bar_values() -> None:
     ]
     with pytest.raises(TypeError):
         sqlite_sink.sqlite_rows([*bars, {"symbol": "AAPL"}])
+
+
+def file_size(path: Path) -> int:
+    return path.stat().st_size
+
+
+async def test_the_checkpointer_copies_the_wal_back_without_the_writer(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Committed rows reach the database file through the checkpoint thread, while the
+    writer's own automatic checkpoint stays a far-off backstop."""
+    monkeypatch.setattr(sqlite_sink, "CHECKPOINT_EVERY_ROWS", 100)
+    async with SqliteBarsSink(db_path) as sink:
+        assert sink._conn is not None and sink._executor is not None
+        conn = sink._conn
+        backstop = await asyncio.get_running_loop().run_in_executor(
+            sink._executor, lambda: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        )
+        assert backstop == sqlite_sink.BACKSTOP_CHECKPOINT_PAGES
+        empty_size = file_size(db_path)
+        for i in range(3):
+            await sink.write(make_bars(100, offset=100 * i))
+        await wait_until(lambda: file_size(db_path) > empty_size, what="checkpoint")
+        assert await sink.count() == 300
