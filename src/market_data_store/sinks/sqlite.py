@@ -65,7 +65,13 @@ from market_data_store.sinks._read import (
 )
 from market_data_store.sinks._rows import rows_of
 from market_data_store.sinks._schema import check_schema_version
-from market_data_store.sinks.bar import BAR_FIELDS, Bar, bars_from_rows
+from market_data_store.sinks.bar import (
+    BAR_FIELDS,
+    SERIES_FIELDS,
+    Bar,
+    bars_from_rows,
+    bars_of_series,
+)
 
 T = TypeVar("T")
 SqliteRow = tuple[str, str, str, int, float, float, float, float, float]
@@ -76,6 +82,8 @@ GROUP_MAX_ROWS = 20_000
 CHECKPOINT_EVERY_ROWS = 10_000
 """Rows committed between checkpoint requests (about SQLite's default 1,000 WAL pages when
 50 symbols are interleaved; fewer pages when a feed appends to few series)."""
+READ_MMAP_BYTES = 256 * 1024 * 1024
+"""Address space (not memory) the read connection maps the database file into."""
 BACKSTOP_CHECKPOINT_PAGES = 10_000
 """The writer's own automatic checkpoint, used only if the checkpointer falls behind."""
 
@@ -200,10 +208,7 @@ def epoch_us(value: datetime | None, default: int) -> int:
 
 def bars_of(rows: Iterable[Sequence[Any]]) -> list[Bar]:
     """Bars from rows of the table (``ts`` in epoch microseconds), not validated again."""
-    return bars_from_rows(
-        (v, s, tf, EPOCH + ts * ONE_MICROSECOND, o, h, lo, c, vol)
-        for v, s, tf, ts, o, h, lo, c, vol in rows
-    )
+    return bars_from_rows(rows, ts_epoch_us=True)
 
 
 def classify_sqlite_error(exc: BaseException) -> SinkError:
@@ -294,7 +299,7 @@ def select_sql(*, vendor: bool, after: bool) -> str:
     elif after:
         where.append("ts >= :after_ts AND (ts > :after_ts OR vendor > :after_vendor)")
     return (
-        f"SELECT {COLUMNS} FROM {TABLE} WHERE {' AND '.join(where)} "
+        f"SELECT {', '.join(SERIES_FIELDS)} FROM {TABLE} WHERE {' AND '.join(where)} "
         "ORDER BY ts, vendor LIMIT :limit"
     )
 
@@ -566,6 +571,8 @@ class SqliteBarsSink(AsyncOpenClose):
             self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None
         )
         conn.execute("PRAGMA query_only=ON")
+        # Read pages straight from the file mapping rather than copying them into the cache.
+        conn.execute(f"PRAGMA mmap_size={READ_MMAP_BYTES}")
         return conn
 
     def _connect_checkpointer(self) -> sqlite3.Connection:
@@ -688,7 +695,8 @@ class SqliteBarsSink(AsyncOpenClose):
 
     def _select(self, sql: str, params: dict[str, Any]) -> list[Bar]:
         assert self._read_conn is not None
-        return bars_of(self._read_conn.execute(sql, params).fetchall())
+        rows = self._read_conn.execute(sql, params).fetchall()
+        return bars_of_series(params["symbol"], params["timeframe"], rows, ts_epoch_us=True)
 
     def _latest(self, symbols: list[str], timeframe: str, vendor: str | None) -> dict[str, Bar]:
         assert self._read_conn is not None
