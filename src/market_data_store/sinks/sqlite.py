@@ -54,6 +54,7 @@ from loguru import logger
 
 from market_data_store._context import AsyncOpenClose
 from market_data_store.coordinator.types import PermanentSinkError, RetryableSinkError, SinkError
+from market_data_store.sinks._gc import gc_paused
 from market_data_store.sinks._lifecycle import Lifecycle, SinkState
 from market_data_store.sinks._metrics import SinkMetrics
 from market_data_store.sinks._read import (
@@ -637,7 +638,8 @@ class SqliteBarsSink(AsyncOpenClose):
         if not group:
             return
         try:
-            errors = self._write_group([batch for batch, _ in group])
+            with gc_paused():  # conversion makes thousands of tuples and no cycles
+                errors = self._write_group([batch for batch, _ in group])
         except Exception as exc:  # a bug here must fail the batches, not leave them waiting
             error = RetryableSinkError(f"SQLite write failed: {type(exc).__name__}: {exc}")
             errors = [error] * len(group)
