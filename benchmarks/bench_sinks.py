@@ -49,6 +49,7 @@ from loguru import logger
 
 from market_data_store.coordinator import WriteCoordinator
 from market_data_store.sinks import Bar, PostgresBarsSink, SqliteBarsSink
+from market_data_store.sinks import _sqlite_schema as sqlite_schema
 from market_data_store.sinks import sqlite as sqlite_sink
 from market_data_store.sinks.bar import BAR_FIELDS
 from market_data_store.testing.postgres import PostgresServer, PostgresUnavailableError
@@ -140,14 +141,14 @@ def create_layout(path: Path, key: str | None) -> None:
     """A database of the current schema version whose table has ``key`` (None: the sink's)."""
     if key is None:
         return
-    columns = sqlite_sink.TABLE_COLUMNS.replace(CHOSEN_KEY, key)
+    columns = sqlite_schema.TABLE_COLUMNS.replace(CHOSEN_KEY, key)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"CREATE TABLE bars ({columns}) WITHOUT ROWID")
         conn.execute("CREATE INDEX bars_by_series ON bars (symbol, timeframe, ts, vendor)")
-        conn.execute(sqlite_sink.CREATE_READABLE_VIEW)
-        conn.execute(f"PRAGMA user_version = {sqlite_sink.SCHEMA_VERSION}")
+        conn.execute(sqlite_schema.CREATE_READABLE_VIEW)
+        conn.execute(f"PRAGMA user_version = {sqlite_schema.SCHEMA_VERSION}")
     finally:
         conn.close()
 

@@ -20,6 +20,7 @@ from market_data_store.sinks import (
     SinkStateError,
     SqliteBarsSink,
 )
+from market_data_store.sinks import _sqlite_schema as sqlite_schema
 from market_data_store.sinks import sqlite as sqlite_sink
 from market_data_store.sinks.sqlite import ts_from_epoch_us
 
@@ -354,7 +355,7 @@ async def test_a_round_one_database_is_migrated_keeping_every_row(db_path: Path)
         assert await sink.count() == 310
     check = sqlite3.connect(db_path)
     try:
-        assert check.execute("PRAGMA user_version").fetchone()[0] == sqlite_sink.SCHEMA_VERSION
+        assert check.execute("PRAGMA user_version").fetchone()[0] == sqlite_schema.SCHEMA_VERSION
         assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         check.close()
@@ -371,7 +372,7 @@ async def test_a_migrated_database_opens_again_unchanged(db_path: Path) -> None:
 async def test_a_database_from_a_newer_release_is_refused(db_path: Path) -> None:
     """A database whose user_version is newer than this release's is refused, untouched."""
     conn = sqlite3.connect(db_path, isolation_level=None)
-    conn.execute(f"PRAGMA user_version = {sqlite_sink.SCHEMA_VERSION + 1}")
+    conn.execute(f"PRAGMA user_version = {sqlite_schema.SCHEMA_VERSION + 1}")
     conn.close()
     sink = SqliteBarsSink(db_path)
     with pytest.raises(SchemaVersionError, match="newer than version"):
