@@ -118,23 +118,15 @@ _bar_values = itemgetter(*BAR_FIELDS)
 def sqlite_rows(batch: Sequence[Any]) -> list[SqliteRow]:
     """Rows for ``UPSERT``: the bar's fields in table order with ``ts`` in epoch microseconds.
 
-    Reads each bar's ``__dict__`` (no attribute lookups) and converts each distinct ``ts``
-    once per batch: bars of many symbols share their timestamps, and the conversion is most
-    of the cost. Raises ``TypeError`` for an item that is not a ``Bar`` (the caller then
-    takes the checked path).
+    Reads each bar's ``__dict__`` (no attribute lookups). Timestamps are not cached: an
+    aware datetime's first hash costs more than converting it (measured). Raises
+    ``TypeError`` for an item that is not a ``Bar`` (the caller then takes the checked path).
     """
     if not all(isinstance(bar, Bar) for bar in batch):
         raise TypeError("the batch holds items that are not Bar objects")
-    cache: dict[datetime, int] = {}
-
-    def epoch_us_cached(ts: datetime) -> int:
-        us = cache.get(ts)
-        if us is None:
-            us = cache[ts] = (ts - EPOCH) // ONE_MICROSECOND
-        return us
-
+    epoch, one_us = EPOCH, ONE_MICROSECOND
     return [
-        (vendor, symbol, timeframe, epoch_us_cached(ts), o, h, lo, c, volume)
+        (vendor, symbol, timeframe, (ts - epoch) // one_us, o, h, lo, c, volume)
         for vendor, symbol, timeframe, ts, o, h, lo, c, volume in map(_bar_values, map(vars, batch))
     ]
 

@@ -499,7 +499,7 @@ async def test_a_locked_group_fails_every_batch_retryably(
 
 
 def test_row_conversion_matches_the_bar_values() -> None:
-    """Rows carry each bar's values, ts as epoch microseconds, shared timestamps included."""
+    """Rows carry each bar's values, ts as epoch microseconds."""
     from datetime import timedelta, timezone
 
     bars = make_bars(30, symbols=10)
