@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -216,8 +217,6 @@ def test_vendor_and_timeframe_keep_their_case() -> None:
 @pytest.mark.parametrize("enabled", [True, False])
 def test_building_bars_restores_the_garbage_collector_state(enabled: bool) -> None:
     """The builders pause the cyclic GC and leave it as they found it, enabled or not."""
-    import gc
-
     row = tuple(getattr(Bar(**bar_values()), f) for f in BAR_FIELDS)
     was = gc.isenabled()
     try:

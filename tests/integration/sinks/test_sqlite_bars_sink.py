@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -390,8 +392,6 @@ async def test_bars_readable_shows_iso_8601_utc_timestamps(
 ) -> None:
     """The bars_readable view shows ts as ISO-8601 UTC text to the microsecond, before and
     after 1970."""
-    from datetime import UTC, datetime
-
     stamps = [
         datetime(2024, 1, 2, 14, 30, 5, 123456, tzinfo=UTC),
         datetime(2024, 1, 2, 14, 30, tzinfo=UTC),
@@ -500,8 +500,6 @@ async def test_a_locked_group_fails_every_batch_retryably(
 
 def test_row_conversion_matches_the_bar_values() -> None:
     """Rows carry each bar's values, ts as epoch microseconds."""
-    from datetime import timedelta, timezone
-
     bars = make_bars(30, symbols=10)
     eastern = invalid_bar(ts=bars[0].ts.astimezone(timezone(timedelta(hours=-5))))
     rows = sqlite_sink.sqlite_rows([*bars, eastern])
@@ -541,8 +539,6 @@ async def test_the_checkpointer_copies_the_wal_back_without_the_writer(
 
 async def test_writes_leave_the_garbage_collector_enabled(sink: SqliteBarsSink) -> None:
     """The writer pauses the cyclic GC around a group and re-enables it, even on failure."""
-    import gc
-
     assert gc.isenabled()
     await sink.write(make_bars(50))
     with pytest.raises(PermanentSinkError):
