@@ -24,7 +24,7 @@ SCHEMA_VERSION = 1
 # commit of interleaved symbols touches one leaf page per symbol in one b-tree. Measured
 # (benchmarks/bench_sinks.py --keys) against a time-first key (ts, vendor, symbol,
 # timeframe), which appends at the right edge but needs a second index for reads: writes
-# equal within noise, series reads 1.5x faster here; the first release's vendor-first key
+# equal within noise, series reads 1.3-1.5x faster here; the first release's vendor-first key
 # plus that index writes slower.
 TABLE_COLUMNS = """
     vendor    TEXT    NOT NULL,
