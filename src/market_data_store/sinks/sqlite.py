@@ -1,68 +1,99 @@
 """``SqliteBarsSink``: bars into an embedded SQLite database (the default sink).
 
-One connection, owned by one dedicated thread, does all database work, so the event loop
-never waits on SQLite and concurrent ``write()`` calls queue up in order. Each batch is one
-``BEGIN IMMEDIATE ... COMMIT`` transaction in WAL mode and upserts on
-``(vendor, symbol, timeframe, ts)``, so a replayed batch leaves the rows as they were.
+Writes: one connection, owned by one dedicated thread, does all writing, so the event loop
+never waits on SQLite and concurrent ``write()`` calls queue up in order. Group commit: the
+thread takes every batch waiting for it (up to ``GROUP_MAX_ROWS`` rows) into one
+``BEGIN IMMEDIATE ... COMMIT`` transaction in WAL mode, so a commit's cost is shared by the
+batches the coordinator's workers hand over meanwhile; each ``write()`` still returns or
+raises for its own batch only. If a group's transaction fails for any reason but a busy or
+locked database, its batches are written again one transaction each, so a bad batch fails
+alone. Rows are upserted on their key, ``(symbol, timeframe, ts, vendor)``, so a replayed batch
+leaves them as they were.
 ``ts`` is stored as integer microseconds since the Unix epoch (UTC): formatting a timestamp
-per row as text would cost more than the rest of the write.
+per row as text would cost more than the rest of the write. The view ``bars_readable`` shows
+it as ISO-8601 UTC text for people using the ``sqlite3`` shell.
+
+Checkpoints: the writer does not copy the WAL back into the database itself (that would
+stall writes, an fsync each time); every ``CHECKPOINT_EVERY_ROWS`` rows committed it asks
+a third connection, on its own thread, for a PASSIVE checkpoint, which never blocks the
+writer. The writer keeps SQLite's automatic checkpoint at ``BACKSTOP_CHECKPOINT_PAGES`` in
+case the checkpointer falls behind, so the WAL stays bounded.
+
+Reads: a second, read-only connection on a second thread. WAL lets it read while a write
+is in progress, so reads neither wait for queued writes nor delay them; a read sees every
+batch whose ``write()`` returned before the read began.
+
+Schema (``_sqlite_schema``): ``PRAGMA user_version`` holds the schema version. Opening a
+database of an older version (0: the first release, no version) migrates it in place in one
+transaction, keeping every row (version 0 -> 1 rebuilds the table with its new key, once:
+4.6 s for 1,000,000 rows measured on 2 busy cores); a database of a newer version is
+refused with ``SchemaVersionError``.
 
 Errors: a batch holding something that is not a valid bar, or rows the table's constraints
-reject, raise ``PermanentSinkError`` (dead-letter it); a busy or locked database, and other
-operational failures (disk full, I/O error), raise ``RetryableSinkError``.
+reject or SQLite cannot bind, raise ``PermanentSinkError`` (dead-letter it); a busy or
+locked database, other operational failures (disk full, I/O error) and unknown exceptions
+raise ``RetryableSinkError``. Whatever happens, a failed write rolls its transaction back,
+so the database is never left locked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from operator import attrgetter
+from operator import itemgetter
 from typing import Any, Literal, TypeVar
 
 from loguru import logger
 
 from market_data_store._context import AsyncOpenClose
 from market_data_store.coordinator.types import PermanentSinkError, RetryableSinkError, SinkError
+from market_data_store.sinks._gc import gc_paused
 from market_data_store.sinks._lifecycle import Lifecycle, SinkState
 from market_data_store.sinks._metrics import SinkMetrics
+from market_data_store.sinks._read import (
+    DEFAULT_PAGE_SIZE,
+    check_limit,
+    check_read_args,
+    check_symbols,
+    check_timeframe,
+    check_vendor,
+)
 from market_data_store.sinks._rows import rows_of
-from market_data_store.sinks.bar import BAR_FIELDS, Bar
+from market_data_store.sinks._sqlite_schema import (
+    SELECT_LATEST,
+    SELECT_RANGE,
+    TABLE,
+    UPSERT,
+    migrate,
+)
+from market_data_store.sinks.bar import BAR_FIELDS, Bar, bars_from_rows, bars_of_series
 
 T = TypeVar("T")
 SqliteRow = tuple[str, str, str, int, float, float, float, float, float]
+Pending = tuple[Sequence[Any], "asyncio.Future[None]"]
+
+GROUP_MAX_ROWS = 20_000
+"""Group commit stops taking waiting batches once it holds this many rows."""
+CHECKPOINT_EVERY_ROWS = 10_000
+"""Rows committed between checkpoint requests (about SQLite's default 1,000 WAL pages when
+50 symbols are interleaved; fewer pages when a feed appends to few series)."""
+READ_MMAP_BYTES = 256 * 1024 * 1024
+"""Address space (not memory) the read connection maps the database file into."""
+BACKSTOP_CHECKPOINT_PAGES = 10_000
+"""The writer's own automatic checkpoint, used only if the checkpointer falls behind."""
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)
-
-TABLE = "bars"
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    vendor    TEXT    NOT NULL,
-    symbol    TEXT    NOT NULL,
-    timeframe TEXT    NOT NULL,
-    ts        INTEGER NOT NULL,  -- microseconds since 1970-01-01T00:00:00Z
-    open      REAL    NOT NULL,
-    high      REAL    NOT NULL,
-    low       REAL    NOT NULL,
-    close     REAL    NOT NULL,
-    volume    REAL    NOT NULL,
-    PRIMARY KEY (vendor, symbol, timeframe, ts),
-    CHECK (low <= open AND low <= close AND open <= high AND close <= high),
-    CHECK (low > -9e999 AND high < 9e999),
-    CHECK (volume >= 0 AND volume < 9e999)
-) WITHOUT ROWID
-"""
-UPSERT = f"""
-INSERT INTO {TABLE} ({", ".join(BAR_FIELDS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (vendor, symbol, timeframe, ts) DO UPDATE SET
-    open = excluded.open, high = excluded.high, low = excluded.low,
-    close = excluded.close, volume = excluded.volume
-"""
+# Open read bounds; every datetime (years 1 to 9999) lies strictly inside them.
+MIN_TS_US = -(2**63)
+MAX_TS_US = 2**63 - 1
 
 # Primary result codes of failures that may pass: busy/locked, out of memory or disk, I/O.
 RETRYABLE_SQLITE_CODES = frozenset(
@@ -78,15 +109,25 @@ RETRYABLE_SQLITE_CODES = frozenset(
         "SQLITE_INTERRUPT",
     )
 )
+# Raised while binding a value SQLite cannot store (an int beyond 64 bits, a lone surrogate).
+UNBINDABLE_VALUE_ERRORS = (OverflowError, TypeError, ValueError)
 
-_bar_values = attrgetter(*BAR_FIELDS)
+_bar_values = itemgetter(*BAR_FIELDS)
 
 
 def sqlite_rows(batch: Sequence[Any]) -> list[SqliteRow]:
-    """Rows for ``UPSERT``: the bar's fields in table order with ``ts`` in epoch microseconds."""
+    """Rows for ``UPSERT``: the bar's fields in table order with ``ts`` in epoch microseconds.
+
+    Reads each bar's ``__dict__`` (no attribute lookups). Timestamps are not cached: an
+    aware datetime's first hash costs more than converting it (measured). Raises
+    ``TypeError`` for an item that is not a ``Bar`` (the caller then takes the checked path).
+    """
+    if not all(isinstance(bar, Bar) for bar in batch):
+        raise TypeError("the batch holds items that are not Bar objects")
+    epoch, one_us = EPOCH, ONE_MICROSECOND
     return [
-        (vendor, symbol, timeframe, (ts - EPOCH) // ONE_MICROSECOND, o, h, lo, c, volume)
-        for vendor, symbol, timeframe, ts, o, h, lo, c, volume in map(_bar_values, batch)
+        (vendor, symbol, timeframe, (ts - epoch) // one_us, o, h, lo, c, volume)
+        for vendor, symbol, timeframe, ts, o, h, lo, c, volume in map(_bar_values, map(vars, batch))
     ]
 
 
@@ -100,19 +141,59 @@ def ts_from_epoch_us(value: int) -> datetime:
     return EPOCH + value * ONE_MICROSECOND
 
 
-def classify_sqlite_error(exc: sqlite3.Error) -> SinkError:
-    """``RetryableSinkError`` for a busy, locked or failing database; else permanent."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    primary = code & 0xFF if isinstance(code, int) else None
-    if isinstance(exc, sqlite3.OperationalError) and (
-        primary is None or primary in RETRYABLE_SQLITE_CODES
-    ):
-        return RetryableSinkError(f"SQLite: {exc}")
-    return PermanentSinkError(f"SQLite rejected the batch: {type(exc).__name__}: {exc}")
+def epoch_us(value: datetime | None, default: int) -> int:
+    """``value`` (timezone-aware) in microseconds since the epoch; ``default`` for None."""
+    return default if value is None else (value - EPOCH) // ONE_MICROSECOND
+
+
+def bars_of(rows: Iterable[Sequence[Any]]) -> list[Bar]:
+    """Bars from rows of the table (``ts`` in epoch microseconds), not validated again."""
+    return bars_from_rows(rows, ts_epoch_us=True)
+
+
+def classify_sqlite_error(exc: BaseException) -> SinkError:
+    """The sink error for anything a write raised.
+
+    Retryable: a busy, locked or failing database, and unknown exceptions. Permanent: data
+    SQLite rejects (constraint, type) or cannot bind (``OverflowError`` and the like).
+    """
+    if isinstance(exc, SinkError):
+        return exc
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = code & 0xFF if isinstance(code, int) else None
+        if isinstance(exc, sqlite3.OperationalError) and (
+            primary is None or primary in RETRYABLE_SQLITE_CODES
+        ):
+            return RetryableSinkError(f"SQLite: {exc}")
+        return PermanentSinkError(f"SQLite rejected the batch: {type(exc).__name__}: {exc}")
+    if isinstance(exc, UNBINDABLE_VALUE_ERRORS):
+        return PermanentSinkError(f"SQLite cannot store a value: {type(exc).__name__}: {exc}")
+    return RetryableSinkError(f"SQLite write failed: {type(exc).__name__}: {exc}")
+
+
+def is_busy(error: SinkError) -> bool:
+    """Whether ``error`` comes from a busy or locked database (retrying each batch would only
+    wait on the same lock again)."""
+    cause = error.__cause__
+    code = getattr(cause, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def settle(outcomes: list[asyncio.Future[None]], errors: list[SinkError | None]) -> None:
+    """Complete each batch's future (on the event loop) with its own outcome."""
+    for outcome, error in zip(outcomes, errors, strict=True):
+        if outcome.done():
+            continue
+        if error is None:
+            outcome.set_result(None)
+        else:
+            outcome.set_exception(error)
 
 
 class SqliteBarsSink(AsyncOpenClose):
-    """Writes ``Bar`` batches into the SQLite database at ``path`` (table ``bars``).
+    """Writes ``Bar`` batches into the SQLite database at ``path`` (table ``bars``) and reads
+    them back.
 
     Use as ``async with SqliteBarsSink(path) as sink:``, or ``await open()`` / ``close()``.
     ``busy_timeout_ms`` is how long one write waits for another process's lock before
@@ -140,7 +221,14 @@ class SqliteBarsSink(AsyncOpenClose):
         self._lifecycle = Lifecycle(f"SqliteBarsSink({self.path!r})")
         self._metrics = SinkMetrics(name)
         self._executor: ThreadPoolExecutor | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        self._checkpointer: ThreadPoolExecutor | None = None
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._rows_since_checkpoint = 0
+        self._checkpoint_queued = False
         self._conn: sqlite3.Connection | None = None
+        self._read_conn: sqlite3.Connection | None = None
+        self._pending: deque[Pending] = deque()  # appended on the loop, taken by the thread
 
     @property
     def state(self) -> SinkState:
@@ -148,41 +236,75 @@ class SqliteBarsSink(AsyncOpenClose):
         return self._lifecycle.state
 
     async def open(self) -> None:
-        """Connect, switch to WAL mode and create the table if needed."""
+        """Connect, switch to WAL mode, create or migrate the schema, open the read and
+        checkpoint connections.
+
+        Raises ``SchemaVersionError`` for a database written by a newer release.
+        """
         self._lifecycle.check_can_open()
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mds-{self.name}")
+        loop = asyncio.get_running_loop()
+        executor = self._thread("")
+        reader, checkpointer = self._thread("-read"), self._thread("-checkpoint")
         try:
-            self._conn = await asyncio.get_running_loop().run_in_executor(executor, self._connect)
+            self._conn = await loop.run_in_executor(executor, self._connect)
+            self._read_conn = await loop.run_in_executor(reader, self._connect_reader)
+            self._checkpoint_conn = await loop.run_in_executor(
+                checkpointer, self._connect_checkpointer
+            )
         except BaseException:
-            executor.shutdown(wait=False)
+            await loop.run_in_executor(reader, self._disconnect_reader)
+            await loop.run_in_executor(executor, self._disconnect)
+            for thread in (executor, reader, checkpointer):
+                thread.shutdown(wait=False)
             raise
-        self._executor = executor
+        self._executor, self._reader, self._checkpointer = executor, reader, checkpointer
         self._lifecycle.state = SinkState.OPEN
         logger.debug("sink {} opened {}", self.name, self.path)
 
     async def close(self) -> None:
-        """Finish queued writes, close the connection and stop the thread. Idempotent."""
+        """Finish queued writes and reads, close the connections, stop the threads.
+
+        Idempotent.
+        """
         if not self._lifecycle.begin_close():
             return
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
+        loop = asyncio.get_running_loop()
+        closing = [
+            (self._reader, self._disconnect_reader),
+            # Queued after any write already handed to the thread: those finish first.
+            (self._executor, self._disconnect),
+            (self._checkpointer, self._disconnect_checkpointer),
+        ]
+        self._executor = self._reader = self._checkpointer = None
         try:
-            # Queued after any write already handed to the thread, so those finish first.
-            await asyncio.get_running_loop().run_in_executor(executor, self._disconnect)
+            for thread, disconnect in closing:
+                if thread is not None:
+                    await loop.run_in_executor(thread, disconnect)
         finally:
-            executor.shutdown(wait=False)
+            for thread, _ in closing:
+                if thread is not None:
+                    thread.shutdown(wait=False)
         logger.debug("sink {} closed", self.name)
 
+    def _thread(self, suffix: str) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mds-{self.name}{suffix}")
+
     async def write(self, batch: Sequence[Bar]) -> None:
-        """Upsert ``batch`` in one transaction; the batch is not modified.
+        """Upsert ``batch`` in one transaction (shared with other waiting batches); the batch
+        is not modified.
 
         Items that are not ``Bar`` objects (e.g. the dicts a DLQ replay yields) are validated
         as bars first; one that fails makes the whole batch a ``PermanentSinkError``.
         """
+        self._lifecycle.check_open()
+        assert self._executor is not None
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[None] = loop.create_future()
+        self._pending.append((batch, outcome))
+        self._executor.submit(self._write_pending, loop)
         try:
-            await self._run(self._write_batch, batch)
+            await outcome
         except SinkError as exc:
             self._metrics.failed(exc)
             logger.warning("sink {} failed a batch of {} bars: {}", self.name, len(batch), exc)
@@ -193,12 +315,115 @@ class SqliteBarsSink(AsyncOpenClose):
         """Number of rows in the table."""
         return await self._run(self._count)
 
+    async def read(
+        self,
+        symbol: str,
+        timeframe: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        vendor: str | None = None,
+        limit: int | None = None,
+    ) -> list[Bar]:
+        """The bars of ``symbol`` and ``timeframe`` with ``start <= ts < end``, ascending.
+
+        ``start``/``end`` None leave that side open; ``vendor=None`` reads every vendor, ties
+        on ``ts`` ordered by vendor; ``limit`` keeps the first ``limit`` bars. ``symbol`` is
+        normalised as ``Bar`` does. Raises ``ConfigError`` for arguments that make no sense
+        (start after end, a naive datetime, limit < 1).
+        """
+        params = self._range_params(symbol, timeframe, start, end, vendor, limit)
+        sql = SELECT_RANGE[vendor is not None, False]
+        return await self._read(self._select, sql, params)
+
+    def iter_bars(
+        self,
+        symbol: str,
+        timeframe: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        vendor: str | None = None,
+        limit: int | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> AsyncIterator[Bar]:
+        """The bars ``read`` returns, as an async iterator fetching ``page_size`` at a time.
+
+        Memory stays bounded by one page. Pages follow each other by key (the last
+        ``(ts, vendor)`` seen), so a bar never appears twice, whatever is written meanwhile.
+        Arguments are checked here, when called, not at the first iteration.
+        """
+        check_limit("page_size", page_size)
+        params = self._range_params(symbol, timeframe, start, end, vendor, limit)
+        return self._pages(params, vendor is not None, limit, page_size)
+
+    async def _pages(
+        self, params: dict[str, Any], by_vendor: bool, limit: int | None, page_size: int
+    ) -> AsyncIterator[Bar]:
+        sql = SELECT_RANGE[by_vendor, False]
+        remaining = limit
+        while remaining is None or remaining > 0:
+            wanted = page_size if remaining is None else min(page_size, remaining)
+            params["limit"] = wanted
+            page = await self._read(self._select, sql, params)
+            for bar in page:
+                yield bar
+            if len(page) < wanted:
+                return
+            if remaining is not None:
+                remaining -= len(page)
+            last = page[-1]
+            params["after_ts"] = epoch_us(last.ts, 0)
+            params["after_vendor"] = last.vendor
+            sql = SELECT_RANGE[by_vendor, True]
+
+    async def latest(
+        self, symbols: Iterable[str], timeframe: str, *, vendor: str | None = None
+    ) -> dict[str, Bar]:
+        """The newest bar of each symbol (normalised as ``Bar`` does) for ``timeframe``.
+
+        Symbols without a bar are left out. With ``vendor=None`` the newest bar of any
+        vendor; of vendors tied on ``ts``, the one ``read`` returns last.
+        """
+        wanted = check_symbols(symbols)
+        frame, source = check_timeframe(timeframe), check_vendor(vendor)
+        return await self._read(self._latest, wanted, frame, source)
+
+    def _range_params(
+        self,
+        symbol: str,
+        timeframe: str,
+        start: datetime | None,
+        end: datetime | None,
+        vendor: str | None,
+        limit: int | None,
+    ) -> dict[str, Any]:
+        symbol, timeframe, vendor = check_read_args(
+            symbol, timeframe, start, end, vendor=vendor, limit=limit
+        )
+        return {
+            "symbol": symbol,
+            "timeframe": timeframe,
+            "vendor": vendor,
+            "start": epoch_us(start, MIN_TS_US),
+            "end": epoch_us(end, MAX_TS_US),
+            "limit": -1 if limit is None else limit,
+        }
+
     async def _run(self, func: Callable[[Any], T], arg: Any = None) -> T:
         self._lifecycle.check_open()
         assert self._executor is not None
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, arg)
 
-    # Everything below runs on the sink's thread.
+    async def _read(self, func: Callable[..., T], *args: Any) -> T:
+        self._lifecycle.check_open()
+        assert self._reader is not None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._reader, func, *args)
+        except sqlite3.Error as exc:
+            raise classify_sqlite_error(exc) from exc
+
+    # Everything below runs on the sink's threads: the writer's or the reader's.
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -207,31 +432,153 @@ class SqliteBarsSink(AsyncOpenClose):
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            conn.execute(SCHEMA)
+            conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
+            migrate(conn, self.path)
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None
+        )
+        conn.execute("PRAGMA query_only=ON")
+        # Read pages straight from the file mapping rather than copying them into the cache.
+        conn.execute(f"PRAGMA mmap_size={READ_MMAP_BYTES}")
+        return conn
+
+    def _connect_checkpointer(self) -> sqlite3.Connection:
+        return sqlite3.connect(
+            self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None
+        )
+
+    def _disconnect_checkpointer(self) -> None:
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()
+            self._checkpoint_conn = None
+
+    def _request_checkpoint(self, rows: int) -> None:
+        """On the writer's thread: count committed rows, queue a checkpoint when due."""
+        self._rows_since_checkpoint += rows
+        checkpointer = self._checkpointer
+        if self._rows_since_checkpoint < CHECKPOINT_EVERY_ROWS or checkpointer is None:
+            return
+        if self._checkpoint_queued:  # the last one is still running: it will catch up
+            return
+        self._rows_since_checkpoint = 0
+        self._checkpoint_queued = True
+        try:
+            checkpointer.submit(self._checkpoint)
+        except RuntimeError:  # closing: the last connection to close checkpoints
+            self._checkpoint_queued = False
+
+    def _checkpoint(self) -> None:
+        """On the checkpointer's thread: copy the WAL back without blocking the writer."""
+        try:
+            if self._checkpoint_conn is not None:
+                self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:  # the writer's backstop checkpoint still bounds the WAL
+            logger.debug("sink {}: checkpoint failed: {}", self.name, exc)
+        finally:
+            self._checkpoint_queued = False
 
     def _disconnect(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
-    def _write_batch(self, batch: Sequence[Any]) -> None:
-        rows = rows_of(batch, sqlite_rows, sqlite_row)
+    def _disconnect_reader(self) -> None:
+        if self._read_conn is not None:
+            self._read_conn.close()
+            self._read_conn = None
+
+    def _write_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Write every batch waiting (up to ``GROUP_MAX_ROWS`` rows) and settle their futures.
+
+        One job is queued per ``write()``; a job that finds nothing waiting (an earlier job
+        took its batch into a group) returns at once.
+        """
+        group: list[Pending] = []
+        rows = 0
+        while self._pending and rows < GROUP_MAX_ROWS:
+            batch, outcome = self._pending.popleft()
+            if not outcome.cancelled():
+                group.append((batch, outcome))
+                rows += len(batch)
+        if not group:
+            return
+        try:
+            with gc_paused():  # conversion makes thousands of tuples and no cycles
+                errors = self._write_group([batch for batch, _ in group])
+        except Exception as exc:  # a bug here must fail the batches, not leave them waiting
+            error = RetryableSinkError(f"SQLite write failed: {type(exc).__name__}: {exc}")
+            errors = [error] * len(group)
+        try:
+            loop.call_soon_threadsafe(settle, [outcome for _, outcome in group], errors)
+        except RuntimeError:  # the loop has closed: no one is waiting any more
+            pass
+
+    def _write_group(self, batches: list[Sequence[Any]]) -> list[SinkError | None]:
+        """Each batch's error (None: written); one transaction, else one per batch."""
+        errors: list[SinkError | None] = [None] * len(batches)
+        converted: list[tuple[int, list[SqliteRow]]] = []
+        for index, batch in enumerate(batches):
+            try:
+                converted.append((index, rows_of(batch, sqlite_rows, sqlite_row)))
+            except Exception as exc:
+                errors[index] = classify_sqlite_error(exc)
+        if not converted:
+            return errors
+        try:
+            self._transaction(itertools.chain.from_iterable(rows for _, rows in converted))
+            self._request_checkpoint(sum(len(rows) for _, rows in converted))
+            return errors
+        except SinkError as exc:
+            if len(converted) == 1 or is_busy(exc):
+                for index, _ in converted:
+                    errors[index] = exc
+                return errors
+        for index, rows in converted:  # the group failed: find the batch(es) at fault
+            try:
+                self._transaction(rows)
+                self._request_checkpoint(len(rows))
+            except SinkError as exc:
+                errors[index] = exc
+        return errors
+
+    def _transaction(self, rows: Iterable[SqliteRow]) -> None:
+        """Upsert ``rows`` in one transaction, raising a classified ``SinkError``."""
         conn = self._conn
         assert conn is not None
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(UPSERT, rows)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:
+            raise classify_sqlite_error(exc) from exc
+        finally:
+            # Whatever failed (even a value SQLite cannot bind), never leave the lock held.
             if conn.in_transaction:
                 conn.rollback()
-            raise classify_sqlite_error(exc) from exc
 
     def _count(self, _: object) -> int:
         assert self._conn is not None
         row = self._conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
         return int(row[0])
+
+    def _select(self, sql: str, params: dict[str, Any]) -> list[Bar]:
+        assert self._read_conn is not None
+        rows = self._read_conn.execute(sql, params).fetchall()
+        return bars_of_series(params["symbol"], params["timeframe"], rows, ts_epoch_us=True)
+
+    def _latest(self, symbols: list[str], timeframe: str, vendor: str | None) -> dict[str, Bar]:
+        assert self._read_conn is not None
+        sql = SELECT_LATEST[vendor is not None]
+        found: dict[str, Bar] = {}
+        for symbol in symbols:
+            params = (symbol, timeframe) if vendor is None else (symbol, timeframe, vendor)
+            rows = self._read_conn.execute(sql, params).fetchall()
+            if rows:
+                found[symbol] = bars_of(rows)[0]
+        return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -10,6 +11,16 @@ import pytest
 from pydantic import ValidationError
 
 from market_data_store.sinks import Bar
+from market_data_store.sinks.bar import (
+    BAR_FIELDS,
+    SERIES_FIELDS,
+    SYMBOL_MAX_LENGTH,
+    TIMEFRAME_MAX_LENGTH,
+    VENDOR_MAX_LENGTH,
+    bars_from_rows,
+    bars_of_series,
+    normalise_symbol,
+)
 
 
 def bar_values(**changes: Any) -> dict[str, Any]:
@@ -109,3 +120,110 @@ def test_json_form_round_trips() -> None:
     """The JSON form a dead-letter queue stores validates back into an equal bar."""
     bar = Bar(**bar_values())
     assert Bar.model_validate(bar.model_dump(mode="json")) == bar
+
+
+def test_bars_from_rows_equal_validated_bars() -> None:
+    """bars_from_rows builds bars equal to, hashing like and as frozen as validated ones."""
+    validated = Bar(**bar_values())
+    (built,) = bars_from_rows([tuple(getattr(validated, f) for f in BAR_FIELDS)])
+    assert type(built) is Bar
+    assert built == validated
+    assert hash(built) == hash(validated)
+    assert built.model_fields_set == validated.model_fields_set
+    assert repr(built) == repr(validated)
+    assert built.model_copy(update={"volume": 1.0}) == validated.model_copy(update={"volume": 1.0})
+    with pytest.raises(ValidationError):
+        built.close = 1.0  # type: ignore[misc]
+
+
+def test_bars_from_epoch_us_rows_equal_validated_bars() -> None:
+    """With ts_epoch_us=True, ts given as epoch microseconds becomes the same UTC instant."""
+    validated = Bar(**bar_values(ts=datetime(1969, 7, 20, 20, 17, 40, 123456, tzinfo=UTC)))
+    us = (validated.ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    row = [us if f == "ts" else getattr(validated, f) for f in BAR_FIELDS]
+    (built,) = bars_from_rows([row], ts_epoch_us=True)
+    assert built == validated
+    assert built.ts.tzinfo is UTC
+
+
+def test_bars_of_series_equal_validated_bars() -> None:
+    """bars_of_series fills symbol and timeframe into rows of the other fields, both ts forms."""
+    validated = Bar(**bar_values(symbol="AAPL"))
+    us = (validated.ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    row = [getattr(validated, f) for f in SERIES_FIELDS]
+    assert bars_of_series("AAPL", "1m", [row]) == [validated]
+    row[1] = us
+    (built,) = bars_of_series("AAPL", "1m", [row], ts_epoch_us=True)
+    assert built == validated
+    assert hash(built) == hash(validated)
+
+
+@pytest.mark.parametrize(
+    ("symbol", "stored"),
+    [
+        pytest.param("brk.b", "BRK.B", id="ascii"),
+        pytest.param("\uff21\uff21\uff30\uff2c", "AAPL", id="full-width-nfkc"),
+        pytest.param("\ufb01x", "FIX", id="ligature-nfkc"),
+        pytest.param("sie g", "SIE G", id="inner-space"),
+        pytest.param("é", "É", id="accented"),
+        pytest.param("A" * SYMBOL_MAX_LENGTH, "A" * SYMBOL_MAX_LENGTH, id="max-length"),
+    ],
+)
+def test_symbols_are_normalised_nfkc_upper(symbol: str, stored: str) -> None:
+    """A symbol is stored NFKC-normalised and upper-cased, and normalising is idempotent."""
+    assert Bar(**bar_values(symbol=symbol)).symbol == stored
+    assert normalise_symbol(stored) == stored
+
+
+@pytest.mark.parametrize(
+    ("symbol", "reason"),
+    [
+        pytest.param("AA\x00PL", "printable", id="nul"),
+        pytest.param("AA\nPL", "printable", id="newline"),
+        pytest.param("AA\u200bPL", "printable", id="zero-width-space"),
+        pytest.param("A" * (SYMBOL_MAX_LENGTH + 1), "1 to 32", id="too-long"),
+        pytest.param("straße", "changes length when upper-cased", id="sharp-s"),
+    ],
+)
+def test_bad_symbols_are_rejected_naming_the_rule(symbol: str, reason: str) -> None:
+    """Control or zero-width characters, over-long symbols and length-changing upper-casing
+    are rejected with an error on ``symbol`` saying why."""
+    error = error_of(symbol=symbol)
+    assert error["loc"] == ("symbol",)
+    assert reason in error["msg"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("vendor", "poly\x00gon"),
+        ("vendor", "v" * (VENDOR_MAX_LENGTH + 1)),
+        ("timeframe", "1\tm"),
+        ("timeframe", "m" * (TIMEFRAME_MAX_LENGTH + 1)),
+        ("vendor", ""),
+    ],
+)
+def test_vendor_and_timeframe_are_bounded_and_printable(field: str, value: str) -> None:
+    """vendor and timeframe refuse control characters, emptiness and excess length."""
+    assert error_of(**{field: value})["loc"] == (field,)
+
+
+def test_vendor_and_timeframe_keep_their_case() -> None:
+    """vendor and timeframe are stripped but otherwise stored as given."""
+    bar = Bar(**bar_values(vendor=" Polygon ", timeframe="1Min"))
+    assert (bar.vendor, bar.timeframe) == ("Polygon", "1Min")
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_building_bars_restores_the_garbage_collector_state(enabled: bool) -> None:
+    """The builders pause the cyclic GC and leave it as they found it, enabled or not."""
+    row = tuple(getattr(Bar(**bar_values()), f) for f in BAR_FIELDS)
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        bars_from_rows([row])
+        assert gc.isenabled() is enabled
+        bars_of_series("AAPL", "1m", [])
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
