@@ -29,6 +29,7 @@ from market_data_store._context import AsyncOpenClose
 from market_data_store.coordinator.types import SinkError
 from market_data_store.sinks._lifecycle import Lifecycle, SinkState
 from market_data_store.sinks._metrics import SinkMetrics
+from market_data_store.sinks._pg_copy import copy_payload
 from market_data_store.sinks._pg_errors import Redactor, classify
 from market_data_store.sinks._pg_schema import (
     CREATE_TABLE,
@@ -45,7 +46,7 @@ from market_data_store.sinks._read import (
     check_timeframe,
     check_vendor,
 )
-from market_data_store.sinks._rows import rows_of
+from market_data_store.sinks._rows import CONVERSION_ERRORS, rows_of
 from market_data_store.sinks.bar import BAR_FIELDS, Bar, bars_from_rows
 
 PgRow = tuple[Any, ...]
@@ -102,6 +103,29 @@ def pg_row(bar: Bar) -> PgRow:
 def last_per_key(rows: list[PgRow]) -> list[PgRow]:
     """``rows`` with one row per key, the last one given (one upsert cannot hit a key twice)."""
     return list({row[:4]: row for row in rows}.values())
+
+
+def batch_payload(batch: Sequence[Any]) -> tuple[bytes, Sequence[Bar]]:
+    """``(binary COPY payload, bars)`` of ``batch``.
+
+    Bars are encoded as they are; when that fails (an item that is a dict, or not a valid
+    bar), each item is validated as a ``Bar`` and encoded alone, so the
+    ``PermanentSinkError`` names the first bad one.
+    """
+    try:
+        return copy_payload(batch), batch
+    except CONVERSION_ERRORS:
+        bars = rows_of(batch, _each_item, _encodable)
+        return copy_payload(bars), bars
+
+
+def _each_item(batch: Sequence[Any]) -> list[Bar]:
+    raise TypeError("check each item")  # sends rows_of down its item-by-item path
+
+
+def _encodable(bar: Bar) -> Bar:
+    copy_payload((bar,))
+    return bar
 
 
 def range_query(
@@ -257,8 +281,8 @@ class PostgresBarsSink(AsyncOpenClose):
         self._lifecycle.check_open()
         started = time.perf_counter()
         try:
-            rows = rows_of(batch, pg_rows, pg_row)
-            await self._copy(rows)
+            payload, bars = batch_payload(batch)
+            await self._copy(payload, bars)
         except SinkError as exc:
             self._metrics.failed(exc)
             logger.warning("sink {} failed a batch of {} bars: {}", self.name, len(batch), exc)
@@ -371,23 +395,30 @@ class PostgresBarsSink(AsyncOpenClose):
         except Exception as exc:
             raise await self._sink_error(exc) from None
 
-    async def _copy(self, rows: list[PgRow]) -> None:
+    async def _copy(self, payload: bytes, bars: Sequence[Bar]) -> None:
+        # A memoryview: asyncpg would take plain bytes for a file name.
         from asyncpg.exceptions import UniqueViolationError
 
         try:
             async with self._pool.acquire() as conn:
                 try:
-                    await conn.copy_records_to_table(TABLE, records=rows, columns=BAR_FIELDS)
+                    await conn.copy_to_table(
+                        TABLE, source=memoryview(payload), columns=BAR_FIELDS, format="binary"
+                    )
                 except UniqueViolationError:
-                    await self._merge(conn, rows)
+                    await self._merge(conn, bars)
         except Exception as exc:
             raise await self._sink_error(exc) from None
 
-    async def _merge(self, conn: Any, rows: list[PgRow]) -> None:
+    async def _merge(self, conn: Any, bars: Sequence[Bar]) -> None:
+        latest = {(b.vendor, b.symbol, b.timeframe, b.ts): b for b in bars}
         async with conn.transaction():
             await conn.execute(CREATE_STAGE)
-            await conn.copy_records_to_table(
-                STAGE_TABLE, records=last_per_key(rows), columns=BAR_FIELDS
+            await conn.copy_to_table(
+                STAGE_TABLE,
+                source=memoryview(copy_payload(list(latest.values()))),
+                columns=BAR_FIELDS,
+                format="binary",
             )
             await conn.execute(MERGE_STAGE)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -216,3 +217,34 @@ def test_bad_pool_sizes_are_rejected_at_construction() -> None:
         PostgresBarsSink("postgresql://x", min_size=3, max_size=2)
     with pytest.raises(ValueError, match="max_size"):
         PostgresBarsSink("postgresql://x", min_size=0, max_size=0)
+
+
+async def test_the_binary_copy_encoding_round_trips_edge_values(sink: PostgresBarsSink) -> None:
+    """Bars encoded by the sink's own COPY encoder read back equal: timestamps before 2000 and
+    far ahead, microseconds, non-UTC zones, non-ASCII text, extreme and integer prices."""
+    zone = timezone(timedelta(hours=-5, minutes=-30))
+    stamps = [
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2000, 1, 1, tzinfo=UTC),
+        datetime(2024, 3, 10, 1, 59, 59, 123_456, tzinfo=zone),
+        datetime(2262, 4, 11, 23, 47, 16, 854_775, tzinfo=UTC),
+    ]
+    bars = [
+        Bar(
+            vendor="börse-ß",
+            symbol=f"ÄB{i}",
+            timeframe="1m",
+            ts=ts,
+            open=1e-300,
+            high=1.7e308,
+            low=-1.7e308,
+            close=-0.0,
+            volume=12,
+        )
+        for i, ts in enumerate(stamps)
+    ]
+    await sink.write(bars)
+    read = [bar for b in bars for bar in await sink.read(b.symbol, "1m")]
+    assert read == bars
+    assert all(bar.ts.tzinfo is UTC for bar in read)

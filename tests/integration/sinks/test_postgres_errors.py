@@ -107,13 +107,13 @@ async def test_an_unknown_driver_exception_during_a_write_is_retryable(
 ) -> None:
     """An exception the sink has never heard of fails the write as retryable; the retry works."""
     async with PostgresBarsSink(pg_dsn, min_size=1, max_size=1) as sink:
-        real_copy = asyncpg.Connection.copy_records_to_table
+        real_copy = asyncpg.Connection.copy_to_table
 
         async def strange_failure(self: Any, *args: Any, **kwargs: Any) -> Any:
-            monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", real_copy)
+            monkeypatch.setattr(asyncpg.Connection, "copy_to_table", real_copy)
             raise LookupError("a driver bug nobody classified")
 
-        monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", strange_failure)
+        monkeypatch.setattr(asyncpg.Connection, "copy_to_table", strange_failure)
         with pytest.raises(RetryableSinkError, match="driver bug"):
             await sink.write(make_bars(5))
         await sink.write(make_bars(5))
