@@ -17,6 +17,7 @@ message of the sink.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
@@ -26,7 +27,7 @@ from typing import Any
 from loguru import logger
 
 from market_data_store._context import AsyncOpenClose
-from market_data_store.coordinator.types import SinkError
+from market_data_store.coordinator.types import ConfigError, SinkError
 from market_data_store.sinks._lifecycle import Lifecycle, SinkState
 from market_data_store.sinks._metrics import SinkMetrics
 from market_data_store.sinks._pg_copy import copy_payload
@@ -159,6 +160,12 @@ def range_query(
     return " ".join(sql), args
 
 
+def check_seconds(name: str, value: float) -> None:
+    """Raise ``ConfigError`` naming ``name`` unless ``0 < value < inf`` (NaN included)."""
+    if not 0 < value < math.inf:
+        raise ConfigError(f"{name} must be seconds with 0 < {name} < inf, got {value!r}")
+
+
 async def _keep_session(connection: Any) -> None:
     """Pool reset hook: the sink leaves no session state behind, so skip the reset query."""
 
@@ -169,11 +176,14 @@ class PostgresBarsSink(AsyncOpenClose):
 
     Use as ``async with PostgresBarsSink(dsn) as sink:``, or ``await open()`` / ``close()``.
     ``state`` is ``SinkState.NEW`` / ``OPEN`` / ``CLOSED`` (``is_open`` is True only while
-    open). The pool holds ``min_size`` to ``max_size`` connections (give it one per
-    coordinator worker). ``hypertable``: None makes a new table a TimescaleDB hypertable when
-    the extension is available and leaves it plain otherwise; True requires it; False never
-    tries. ``command_timeout`` (seconds) bounds each statement. ``name`` labels metrics and
-    logs. Opening creates the schema, migrates a database of an older release in place, and
+    open). The pool holds ``min_size`` to ``max_size`` connections: give it one per
+    coordinator worker (the default 4 matches the coordinator's default ``workers``);
+    ``min_size=None`` (default) opens all ``max_size`` at ``open()``, so the first batches
+    do not wait for connections to be set up. ``hypertable``: None makes a new table a
+    TimescaleDB hypertable when the extension is available and leaves it plain otherwise;
+    True requires it; False never tries. ``command_timeout`` and ``close_timeout`` (seconds,
+    finite, > 0) bound each statement and ``close()``. ``name`` labels metrics and logs.
+    Opening creates the schema, migrates a database of an older release in place, and
     refuses one of a newer release (``SchemaVersionError``).
     """
 
@@ -182,17 +192,22 @@ class PostgresBarsSink(AsyncOpenClose):
         dsn: str,
         *,
         name: str = "postgres",
-        min_size: int = 1,
+        min_size: int | None = None,
         max_size: int = 4,
         command_timeout: float | None = 60.0,
         close_timeout: float = 10.0,
         hypertable: bool | None = None,
     ) -> None:
+        if min_size is None:
+            min_size = max_size
         if not 0 <= min_size <= max_size or max_size < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"pool sizes must satisfy 0 <= min_size <= max_size and max_size >= 1, "
                 f"got min_size={min_size!r}, max_size={max_size!r}"
             )
+        if command_timeout is not None:
+            check_seconds("command_timeout", command_timeout)
+        check_seconds("close_timeout", close_timeout)
         self.dsn = dsn
         self.name = name
         self.is_hypertable = False

@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 from sink_helpers import invalid_bar, make_bars, wait_until
 
-from market_data_store.coordinator.types import PermanentSinkError, RetryableSinkError, Sink
+from market_data_store.coordinator.types import (
+    ConfigError,
+    PermanentSinkError,
+    RetryableSinkError,
+    Sink,
+)
 from market_data_store.sinks import Bar, PostgresBarsSink, SinkState
 from market_data_store.testing.postgres import PostgresServer
 
@@ -209,6 +214,30 @@ async def test_rows_survive_a_new_sink(pg_dsn: str) -> None:
         await first.write(make_bars(9))
     async with PostgresBarsSink(pg_dsn) as second:
         assert await second.count() == 9
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("command_timeout", float("nan")),
+        ("command_timeout", 0.0),
+        ("command_timeout", float("inf")),
+        ("close_timeout", -1.0),
+        ("close_timeout", float("nan")),
+    ],
+)
+def test_bad_timeouts_are_rejected_at_construction_naming_the_argument(
+    option: str, value: float
+) -> None:
+    """A timeout that is NaN, infinite, zero or negative is a ConfigError naming it."""
+    with pytest.raises(ConfigError, match=rf"{option} must be seconds with 0 < {option} < inf"):
+        PostgresBarsSink("postgresql://x", **{option: value})
+
+
+async def test_open_sets_up_one_connection_per_default_worker(sink: PostgresBarsSink) -> None:
+    """By default the pool opens all 4 connections (the coordinator's default workers) at once."""
+    assert sink._pool.get_size() == 4
+    assert sink._pool.get_idle_size() == 4
 
 
 def test_bad_pool_sizes_are_rejected_at_construction() -> None:
