@@ -158,17 +158,32 @@ def with_password(dsn: str, password: str = PASSWORD) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def package_logging_enabled() -> bool:
+    """Whether loguru passes on records logged from inside ``market_data_store``."""
+    seen: list[str] = []
+    handler = logger.add(seen.append, level="TRACE", filter=lambda r: "mds_probe" in r["extra"])
+    try:
+        probe = compile("logger.bind(mds_probe=1).trace('probe')", "<probe>", "exec")
+        exec(probe, {"__name__": "market_data_store._probe", "logger": logger})
+    finally:
+        logger.remove(handler)
+    return bool(seen)
+
+
 @pytest.fixture
 def debug_log() -> Iterator[list[str]]:
-    """Every line the library logs at DEBUG and above, formatted with its exception."""
+    """Every line the library logs at DEBUG and above, with logging enabled as a user would;
+    the package's enabled state is restored afterwards."""
     lines: list[str] = []
+    was_enabled = package_logging_enabled()
     logger.enable("market_data_store")
     handler = logger.add(lambda m: lines.append(str(m)), level="DEBUG", format="{message}")
     try:
         yield lines
     finally:
         logger.remove(handler)
-        logger.disable("market_data_store")
+        if not was_enabled:
+            logger.disable("market_data_store")
 
 
 @pytest.mark.postgres
