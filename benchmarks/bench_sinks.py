@@ -1,18 +1,28 @@
-"""Bars through a WriteCoordinator into SQLite and PostgreSQL, against a bare bulk write.
+"""Bars through a WriteCoordinator at DEFAULT settings into SQLite and PostgreSQL, against a
+bare bulk write of the same rows, in paired, alternating rounds.
 
-For each sink: N bars submitted with ``submit_many`` and drained by ``stop()``, timed from
-the first submit to the end of the drain, against the bare bulk write of the same rows
-without the coordinator, measured in the same run: ``executemany`` of the upsert in one
-transaction (SQLite), one binary ``COPY`` (PostgreSQL). The bare rows are built before the
-clock starts, so the ratio also charges the sink's per-row conversion. Each figure is the
-median of ``--repeat`` runs, each into a fresh database. Budgets (DESIGN.md section 7):
->= 100,000 bars/s and >= 0.6x of bare, for each sink.
+Each round times the bare write and the coordinated write back to back (their order
+alternating between rounds), each in a fresh event loop and into a fresh database on disk;
+the figure is the ratio bare_seconds / coordinated_seconds of each round, printed as
+min / median / max, beside the coordinated bars/s. The coordinator runs with its DEFAULT
+settings (capacity 10,000, 4 workers, batch_size 500, flush_interval 0.25): N bars of 50
+interleaved symbols in time order are handed to ``submit_many`` and drained by ``stop()``.
 
-PostgreSQL is a throwaway server started here (market_data_store.testing.postgres), with
-fsync off; without PostgreSQL binaries that part is skipped.
+Bare writes: SQLite, one ``executemany`` of the sink's upsert in ONE transaction; PostgreSQL,
+``copy_records_to_table`` split over as many connections as the sink's pool holds (4). Each
+bare write goes into a table the sink itself created, and its rows are built before its clock
+starts. Budgets (DESIGN.md section 7): >= 150,000 bars/s and >= 0.8x of bare, per sink.
 
-    python benchmarks/bench_sinks.py [--bars 200000] [--repeat 3] [--batch-size 5000]
-        [--workers 2] [--only sqlite|postgres] [--profile]
+PostgreSQL: ``--postgres-dsn`` (a role allowed to CREATE DATABASE: each round uses a fresh
+database, dropped afterwards), else a throwaway server (market_data_store.testing.postgres,
+fsync off); without PostgreSQL binaries that part is skipped.
+
+``--keys`` instead compares SQLite table keys (the key decision of issue 11): for each
+layout, the coordinated write as above and a read of one symbol's bars through
+``SqliteBarsSink.read``, in rounds whose layout order rotates.
+
+    python benchmarks/bench_sinks.py [--bars 200000] [--rounds 5] [--only sqlite|postgres]
+        [--postgres-dsn DSN] [--profile] [--keys]
 """
 
 from __future__ import annotations
@@ -27,21 +37,27 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from loguru import logger
 
 from market_data_store.coordinator import WriteCoordinator
 from market_data_store.sinks import Bar, PostgresBarsSink, SqliteBarsSink
-from market_data_store.sinks import postgres as pg_sink
 from market_data_store.sinks import sqlite as sqlite_sink
+from market_data_store.sinks.bar import BAR_FIELDS
 from market_data_store.testing.postgres import PostgresServer, PostgresUnavailableError
 
-TARGET_BARS_PER_SEC = 100_000
-TARGET_RATIO = 0.6
+TARGET_BARS_PER_SEC = 150_000
+TARGET_RATIO = 0.8
+PG_CONNECTIONS = 4  # PostgresBarsSink's default pool size: one connection per worker
+
+Timed = Callable[[], Awaitable[float]]
 
 
 def make_bars(n: int, symbols: int = 50) -> list[Bar]:
@@ -67,158 +83,215 @@ def make_bars(n: int, symbols: int = 50) -> list[Bar]:
     return bars
 
 
-async def through_coordinator(sink: Any, bars: list[Bar], args: argparse.Namespace) -> float:
-    """Seconds from the first submit to the end of the drain."""
-    coord: WriteCoordinator[Bar] = WriteCoordinator(
-        sink=sink,
-        capacity=args.capacity,
-        workers=args.workers,
-        batch_size=args.batch_size,
-        flush_interval=0.05,
-    )
+async def through_coordinator(sink: Any, bars: list[Bar]) -> float:
+    """Seconds from the first submit to the end of the drain, DEFAULT coordinator settings."""
+    coord: WriteCoordinator[Bar] = WriteCoordinator(sink=sink)
     await coord.start()
     started = time.perf_counter()
     await coord.submit_many(bars)
     await coord.stop(drain=True, timeout=300)
     elapsed = time.perf_counter() - started
-    stats = coord.stats()
-    if stats.written != len(bars):
-        raise RuntimeError(f"coordinator wrote {stats.written} of {len(bars)} bars: {stats}")
+    written = coord.stats().written
+    if written != len(bars):
+        raise RuntimeError(f"coordinator wrote {written} of {len(bars)} bars")
     return elapsed
 
 
 # -- SQLite --------------------------------------------------------------------------------
 
 
-def sqlite_bare(path: Path, bars: list[Bar]) -> float:
+def sqlite_timings(bars: list[Bar], folder: Path) -> tuple[Timed, Timed]:
+    async def bare() -> float:
+        path = folder / f"{uuid.uuid4().hex}.db"
+        async with SqliteBarsSink(path):  # the sink's own schema, then closed
+            pass
+        rows = sqlite_sink.sqlite_rows(bars)
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            started = time.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(sqlite_sink.UPSERT, rows)
+            conn.execute("COMMIT")
+            elapsed = time.perf_counter() - started
+            assert conn.execute("SELECT count(*) FROM bars").fetchone()[0] == len(bars)
+            return elapsed
+        finally:
+            conn.close()
+
+    async def coordinated() -> float:
+        async with SqliteBarsSink(folder / f"{uuid.uuid4().hex}.db") as sink:
+            elapsed = await through_coordinator(sink, bars)
+            assert await sink.count() == len(bars)
+        return elapsed
+
+    return bare, coordinated
+
+
+CHOSEN_KEY = "PRIMARY KEY (symbol, timeframe, ts, vendor)"
+KEY_LAYOUTS = {
+    "series-first key (chosen)": None,
+    "time-first key + series index": "PRIMARY KEY (ts, vendor, symbol, timeframe)",
+    "vendor-first key (round one) + series index": "PRIMARY KEY (vendor, symbol, timeframe, ts)",
+}
+
+
+def create_layout(path: Path, key: str | None) -> None:
+    """A database of the current schema version whose table has ``key`` (None: the sink's)."""
+    if key is None:
+        return
+    columns = sqlite_sink.TABLE_COLUMNS.replace(CHOSEN_KEY, key)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(sqlite_sink.SCHEMA)
-        rows = sqlite_sink.sqlite_rows(bars)
-        started = time.perf_counter()
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(sqlite_sink.UPSERT, rows)
-        conn.execute("COMMIT")
-        elapsed = time.perf_counter() - started
-        assert conn.execute("SELECT count(*) FROM bars").fetchone()[0] == len(bars)
-        return elapsed
+        conn.execute(f"CREATE TABLE bars ({columns}) WITHOUT ROWID")
+        conn.execute("CREATE INDEX bars_by_series ON bars (symbol, timeframe, ts, vendor)")
+        conn.execute(sqlite_sink.CREATE_READABLE_VIEW)
+        conn.execute(f"PRAGMA user_version = {sqlite_sink.SCHEMA_VERSION}")
     finally:
         conn.close()
 
 
-async def sqlite_coordinated(path: Path, bars: list[Bar], args: argparse.Namespace) -> float:
+async def write_then_read(path: Path, bars: list[Bar], reads: int = 20) -> tuple[float, float]:
+    """(seconds to write ``bars`` through the coordinator, best seconds to read one symbol)."""
     async with SqliteBarsSink(path) as sink:
-        elapsed = await through_coordinator(sink, bars, args)
-        assert await sink.count() == len(bars)
-    return elapsed
+        written = await through_coordinator(sink, bars)
+        symbol = bars[7].symbol
+        best = float("inf")
+        for _ in range(reads):
+            started = time.perf_counter()
+            got = await sink.read(symbol, "1m")
+            best = min(best, time.perf_counter() - started)
+        assert len(got) == sum(1 for bar in bars if bar.symbol == symbol)
+    return written, best
 
 
-def bench_sqlite(bars: list[Bar], args: argparse.Namespace) -> list[bool]:
-    folder = Path(tempfile.mkdtemp(prefix="mds-bench-sqlite-"))
+def bench_keys(bars: list[Bar], args: argparse.Namespace) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="mds-bench-keys-", dir=args.tmpdir))
+    names = list(KEY_LAYOUTS)
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     try:
-        bare = median(args.repeat, lambda: sqlite_bare(folder / f"{uuid.uuid4().hex}.db", bars))
-        coordinated = median_async(
-            args.repeat, lambda: sqlite_coordinated(folder / f"{uuid.uuid4().hex}.db", bars, args)
-        )
-        if args.profile:
-            profile(lambda: sqlite_coordinated(folder / "profile.db", bars, args))
+        for i in range(args.rounds):
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                path = folder / f"{uuid.uuid4().hex}.db"
+                create_layout(path, KEY_LAYOUTS[name])
+                results[name].append(asyncio.run(write_then_read(path, bars)))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return report("SQLite", "executemany", len(bars), bare, coordinated)
+    per_symbol = sum(1 for bar in bars if bar.symbol == bars[7].symbol)
+    chosen = results[names[0]]
+    print(f"SQLite table keys, {args.rounds} rounds (layout order rotating), min/median/max")
+    for name in names:
+        writes = [len(bars) / w for w, _ in results[name]]
+        reads = [r * 1e3 for _, r in results[name]]
+        vs = [c[0] / w for c, (w, _) in zip(chosen, results[name], strict=True)]
+        print(f"  {name:45s} write bars/s {spread(writes, ',.0f')}")
+        print(f"  {'':45s} read {per_symbol:,} bars of one symbol, ms {spread(reads, '.2f')}")
+        print(f"  {'':45s} write time vs chosen per round {spread(vs, '.2f')}")
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------
 
 
-async def fresh_database(server: PostgresServer) -> str:
+def dsn_for(dsn: str, database: str) -> str:
+    """``dsn`` (a postgresql:// URL) pointing at ``database``."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@asynccontextmanager
+async def fresh_database(admin_dsn: str) -> AsyncIterator[str]:
     import asyncpg
 
-    name = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server.dsn)
+    name = f"mds_bench_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    return server.dsn_for(name)
-
-
-async def postgres_bare(server: PostgresServer, bars: list[Bar]) -> float:
-    import asyncpg
-
-    conn = await asyncpg.connect(await fresh_database(server))
     try:
-        await conn.execute(pg_sink.SCHEMA)
-        rows = pg_sink.pg_rows(bars)
-        started = time.perf_counter()
-        await conn.copy_records_to_table("bars", records=rows, columns=pg_sink.BAR_FIELDS)
-        elapsed = time.perf_counter() - started
-        assert await conn.fetchval("SELECT count(*) FROM bars") == len(bars)
+        yield dsn_for(admin_dsn, name)
+    finally:
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def postgres_timings(bars: list[Bar], admin_dsn: str) -> tuple[Timed, Timed]:
+    rows = list(map(attrgetter(*BAR_FIELDS), bars))
+    share = -(-len(rows) // PG_CONNECTIONS)
+    chunks = [rows[i : i + share] for i in range(0, len(rows), share)]
+
+    async def bare() -> float:
+        import asyncpg
+
+        async with fresh_database(admin_dsn) as dsn:
+            async with PostgresBarsSink(dsn, hypertable=False):  # the sink's own schema
+                pass
+            conns = [await asyncpg.connect(dsn) for _ in chunks]
+            try:
+                started = time.perf_counter()
+                await asyncio.gather(
+                    *(
+                        conn.copy_records_to_table("bars", records=chunk, columns=BAR_FIELDS)
+                        for conn, chunk in zip(conns, chunks, strict=True)
+                    )
+                )
+                elapsed = time.perf_counter() - started
+                assert await conns[0].fetchval("SELECT count(*) FROM bars") == len(bars)
+            finally:
+                for conn in conns:
+                    await conn.close()
         return elapsed
-    finally:
-        await conn.close()
 
+    async def coordinated() -> float:
+        async with fresh_database(admin_dsn) as dsn:
+            async with PostgresBarsSink(dsn, hypertable=False) as sink:
+                elapsed = await through_coordinator(sink, bars)
+                assert await sink.count() == len(bars)
+        return elapsed
 
-async def postgres_coordinated(
-    server: PostgresServer, bars: list[Bar], args: argparse.Namespace
-) -> float:
-    dsn = await fresh_database(server)
-    async with PostgresBarsSink(dsn, min_size=args.workers, max_size=args.workers) as sink:
-        elapsed = await through_coordinator(sink, bars, args)
-        assert await sink.count() == len(bars)
-    return elapsed
-
-
-def bench_postgres(bars: list[Bar], args: argparse.Namespace) -> list[bool]:
-    try:
-        server = PostgresServer()
-        server.start()
-    except PostgresUnavailableError as exc:
-        print(f"PostgreSQL: skipped ({exc})")
-        return []
-    try:
-        bare = median_async(args.repeat, lambda: postgres_bare(server, bars))
-        coordinated = median_async(args.repeat, lambda: postgres_coordinated(server, bars, args))
-        if args.profile:
-            profile(lambda: postgres_coordinated(server, bars, args))
-    finally:
-        server.destroy()
-    return report("PostgreSQL", "COPY", len(bars), bare, coordinated)
+    return bare, coordinated
 
 
 # -- measuring and reporting ---------------------------------------------------------------
 
 
-def median(repeat: int, fn: Callable[[], float]) -> float:
-    return statistics.median(fn() for _ in range(repeat))
+def paired_rounds(rounds: int, bare: Timed, candidate: Timed) -> tuple[list[float], list[float]]:
+    """(bare seconds, candidate seconds) per round, order alternating, each in a fresh loop."""
+    bare_times: list[float] = []
+    candidate_times: list[float] = []
+    for i in range(rounds):
+        pair = [(bare, bare_times), (candidate, candidate_times)]
+        for timed, out in pair if i % 2 == 0 else reversed(pair):
+            out.append(asyncio.run(_call(timed)))
+    return bare_times, candidate_times
 
 
-def median_async(repeat: int, fn: Callable[[], Awaitable[float]]) -> float:
-    return statistics.median(asyncio.run(_call(fn)) for _ in range(repeat))
-
-
-async def _call(fn: Callable[[], Awaitable[float]]) -> float:
+async def _call(fn: Timed) -> float:
     return await fn()
 
 
-def profile(fn: Callable[[], Awaitable[float]]) -> None:
-    """One more run under cProfile (all threads' Python work shows in the main thread only)."""
-    profiler = cProfile.Profile()
-    profiler.enable()
-    asyncio.run(_call(fn))
-    profiler.disable()
-    pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+def spread(values: list[float], fmt: str) -> str:
+    return " / ".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))
 
 
-def report(sink: str, bare_name: str, n: int, bare: float, coordinated: float) -> list[bool]:
-    rate, ratio = n / coordinated, bare / coordinated
-    rate_ok, ratio_ok = rate >= TARGET_BARS_PER_SEC, ratio >= TARGET_RATIO
-    print(f"{sink + ': bare ' + bare_name:40s} {n / bare:>12,.0f} bars/s   1.00x")
+def report(name: str, bare_name: str, n: int, bare: list[float], cand: list[float]) -> list[bool]:
+    ratios = [b / c for b, c in zip(bare, cand, strict=True)]
+    rates = [n / c for c in cand]
+    rate_ok = statistics.median(rates) >= TARGET_BARS_PER_SEC
+    ratio_ok = statistics.median(ratios) >= TARGET_RATIO
+    bare_rates = spread([n / b for b in bare], ",.0f")
+    print(f"{name}: bare {bare_name:30s} bars/s min/median/max {bare_rates}")
     print(
-        f"{sink + ': WriteCoordinator':40s} {rate:>12,.0f} bars/s {ratio:6.2f}x  "
-        f"(budget {TARGET_BARS_PER_SEC:,} bars/s: {verdict(rate_ok)}; "
-        f"{TARGET_RATIO}x: {verdict(ratio_ok)})"
+        f"{name}: WriteCoordinator, defaults      bars/s min/median/max {spread(rates, ',.0f')}"
+        f"  (budget {TARGET_BARS_PER_SEC:,}: {verdict(rate_ok)})"
+    )
+    print(
+        f"{name}: ratio to bare                   min/median/max {spread(ratios, '.2f')}"
+        f"  (budget {TARGET_RATIO}x: {verdict(ratio_ok)})"
     )
     return [rate_ok, ratio_ok]
 
@@ -227,21 +300,78 @@ def verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
+def profile(fn: Timed) -> None:
+    """One more coordinated run under cProfile (only the main thread's Python work shows)."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    asyncio.run(_call(fn))
+    profiler.disable()
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+
+
+def bench_sqlite(bars: list[Bar], args: argparse.Namespace) -> list[bool]:
+    folder = Path(tempfile.mkdtemp(prefix="mds-bench-sqlite-", dir=args.tmpdir))
+    try:
+        bare, coordinated = sqlite_timings(bars, folder)
+        results = report(
+            "SQLite",
+            "executemany, 1 transaction",
+            len(bars),
+            *paired_rounds(args.rounds, bare, coordinated),
+        )
+        if args.profile:
+            profile(coordinated)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
+def bench_postgres(bars: list[Bar], args: argparse.Namespace) -> list[bool]:
+    server = None
+    admin_dsn = args.postgres_dsn
+    if admin_dsn is None:
+        server = PostgresServer()
+        try:
+            server.start()
+        except PostgresUnavailableError as exc:
+            server.destroy()
+            print(f"PostgreSQL: skipped ({exc})")
+            return []
+        admin_dsn = server.dsn
+    try:
+        bare, coordinated = postgres_timings(bars, admin_dsn)
+        results = report(
+            "PostgreSQL",
+            f"COPY over {PG_CONNECTIONS} connections",
+            len(bars),
+            *paired_rounds(args.rounds, bare, coordinated),
+        )
+        if args.profile:
+            profile(coordinated)
+    finally:
+        if server is not None:
+            server.destroy()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bars", type=int, default=200_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=5000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--capacity", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", choices=["sqlite", "postgres"])
+    parser.add_argument("--postgres-dsn", help="server to use instead of a throwaway one")
+    parser.add_argument("--tmpdir", help="where the SQLite files go (default: system temp)")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile run")
+    parser.add_argument("--keys", action="store_true", help="compare SQLite table keys")
     args = parser.parse_args()
     logger.remove()  # the library logs through loguru; keep the report readable
     bars = make_bars(args.bars)
+    if args.keys:
+        bench_keys(bars, args)
+        return
     print(
-        f"{args.bars:,} bars, batch_size={args.batch_size}, workers={args.workers}, "
-        f"capacity={args.capacity}, median of {args.repeat}"
+        f"{args.bars:,} bars of 50 symbols, DEFAULT coordinator settings, "
+        f"{args.rounds} paired rounds (order alternating, fresh event loop each)"
     )
     results: list[bool] = []
     if args.only in (None, "sqlite"):

@@ -1,12 +1,23 @@
 """``SqliteBarsSink``: bars into an embedded SQLite database (the default sink).
 
 Writes: one connection, owned by one dedicated thread, does all writing, so the event loop
-never waits on SQLite and concurrent ``write()`` calls queue up in order. Each batch is one
-``BEGIN IMMEDIATE ... COMMIT`` transaction in WAL mode and upserts on
-``(vendor, symbol, timeframe, ts)``, so a replayed batch leaves the rows as they were.
+never waits on SQLite and concurrent ``write()`` calls queue up in order. Group commit: the
+thread takes every batch waiting for it (up to ``GROUP_MAX_ROWS`` rows) into one
+``BEGIN IMMEDIATE ... COMMIT`` transaction in WAL mode, so a commit's cost is shared by the
+batches the coordinator's workers hand over meanwhile; each ``write()`` still returns or
+raises for its own batch only. If a group's transaction fails for any reason but a busy or
+locked database, its batches are written again one transaction each, so a bad batch fails
+alone. Rows are upserted on their key, ``(symbol, timeframe, ts, vendor)``, so a replayed batch
+leaves them as they were.
 ``ts`` is stored as integer microseconds since the Unix epoch (UTC): formatting a timestamp
 per row as text would cost more than the rest of the write. The view ``bars_readable`` shows
 it as ISO-8601 UTC text for people using the ``sqlite3`` shell.
+
+Checkpoints: the writer does not copy the WAL back into the database itself (that would
+stall writes, an fsync each time); every ``CHECKPOINT_EVERY_ROWS`` rows committed it asks
+a third connection, on its own thread, for a PASSIVE checkpoint, which never blocks the
+writer. The writer keeps SQLite's automatic checkpoint at ``BACKSTOP_CHECKPOINT_PAGES`` in
+case the checkpointer falls behind, so the WAL stays bounded.
 
 Reads: a second, read-only connection on a second thread. WAL lets it read while a write
 is in progress, so reads neither wait for queued writes nor delay them; a read sees every
@@ -14,7 +25,8 @@ batch whose ``write()`` returned before the read began.
 
 Schema: ``PRAGMA user_version`` holds the schema version. Opening a database of an older
 version (0: the first release, no version) migrates it in place in one transaction, keeping
-every row; a database of a newer version is refused with ``SchemaVersionError``.
+every row (version 0 -> 1 rebuilds the table with its new key, once); a database of a
+newer version is refused with ``SchemaVersionError``.
 
 Errors: a batch holding something that is not a valid bar, or rows the table's constraints
 reject or SQLite cannot bind, raise ``PermanentSinkError`` (dead-letter it); a busy or
@@ -26,13 +38,15 @@ so the database is never left locked.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from operator import attrgetter
+from operator import itemgetter
 from typing import Any, Literal, TypeVar
 
 from loguru import logger
@@ -55,6 +69,15 @@ from market_data_store.sinks.bar import BAR_FIELDS, Bar, bars_from_rows
 
 T = TypeVar("T")
 SqliteRow = tuple[str, str, str, int, float, float, float, float, float]
+Pending = tuple[Sequence[Any], "asyncio.Future[None]"]
+
+GROUP_MAX_ROWS = 20_000
+"""Group commit stops taking waiting batches once it holds this many rows."""
+CHECKPOINT_EVERY_ROWS = 10_000
+"""Rows committed between checkpoint requests (about SQLite's default 1,000 WAL pages when
+50 symbols are interleaved; fewer pages when a feed appends to few series)."""
+BACKSTOP_CHECKPOINT_PAGES = 10_000
+"""The writer's own automatic checkpoint, used only if the checkpointer falls behind."""
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)
@@ -67,8 +90,13 @@ COLUMNS = ", ".join(BAR_FIELDS)
 SCHEMA_VERSION = 1
 """``PRAGMA user_version`` of the schema below; 0 is the first release's (no version)."""
 
-CREATE_TABLE = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
+# The key leads with the series, (symbol, timeframe, ts, vendor): a read of one series and
+# time range is one range search of the table itself, in the order read() returns, and a
+# commit of interleaved symbols touches one leaf page per symbol in one b-tree. (Measured
+# against a time-first key (ts, vendor, symbol, timeframe), which appends at the right edge
+# but needs a second index for reads, and against the first release's vendor-first key plus
+# that index: this key writes and reads fastest; see benchmarks/bench_sinks.py --keys.)
+TABLE_COLUMNS = """
     vendor    TEXT    NOT NULL,
     symbol    TEXT    NOT NULL,
     timeframe TEXT    NOT NULL,
@@ -78,15 +106,20 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     low       REAL    NOT NULL,
     close     REAL    NOT NULL,
     volume    REAL    NOT NULL,
-    PRIMARY KEY (vendor, symbol, timeframe, ts),
+    PRIMARY KEY (symbol, timeframe, ts, vendor),
     CHECK (low <= open AND low <= close AND open <= high AND close <= high),
     CHECK (low > -9e999 AND high < 9e999),
     CHECK (volume >= 0 AND volume < 9e999)
-) WITHOUT ROWID
 """
-# Reads by series and time range, any vendor, ordered as read() returns them.
-CREATE_SERIES_INDEX = (
-    f"CREATE INDEX IF NOT EXISTS bars_by_series ON {TABLE} (symbol, timeframe, ts, vendor)"
+CREATE_TABLE = f"CREATE TABLE IF NOT EXISTS {TABLE} ({TABLE_COLUMNS}) WITHOUT ROWID"
+# Version 0 (the first release) keyed the table (vendor, symbol, timeframe, ts), so a read
+# without vendor scanned it: migrating rebuilds it in key order, keeping every row.
+MIGRATE_FROM_0 = (
+    f"CREATE TABLE {TABLE}_v1 ({TABLE_COLUMNS}) WITHOUT ROWID",
+    f"INSERT INTO {TABLE}_v1 ({COLUMNS}) SELECT {COLUMNS} FROM {TABLE} "
+    "ORDER BY symbol, timeframe, ts, vendor",
+    f"DROP TABLE {TABLE}",
+    f"ALTER TABLE {TABLE}_v1 RENAME TO {TABLE}",
 )
 # ts as ISO-8601 UTC text with microseconds (floor division, so before 1970 works too).
 CREATE_READABLE_VIEW = f"""
@@ -97,7 +130,7 @@ SELECT vendor, symbol, timeframe,
     open, high, low, close, volume
 FROM (SELECT *, ((ts % 1000000) + 1000000) % 1000000 AS us FROM {TABLE})
 """
-SCHEMA = (CREATE_TABLE, CREATE_SERIES_INDEX, CREATE_READABLE_VIEW)
+SCHEMA = (CREATE_TABLE, CREATE_READABLE_VIEW)
 
 UPSERT = f"""
 INSERT INTO {TABLE} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -123,14 +156,30 @@ RETRYABLE_SQLITE_CODES = frozenset(
 # Raised while binding a value SQLite cannot store (an int beyond 64 bits, a lone surrogate).
 UNBINDABLE_VALUE_ERRORS = (OverflowError, TypeError, ValueError)
 
-_bar_values = attrgetter(*BAR_FIELDS)
+_bar_values = itemgetter(*BAR_FIELDS)
 
 
 def sqlite_rows(batch: Sequence[Any]) -> list[SqliteRow]:
-    """Rows for ``UPSERT``: the bar's fields in table order with ``ts`` in epoch microseconds."""
+    """Rows for ``UPSERT``: the bar's fields in table order with ``ts`` in epoch microseconds.
+
+    Reads each bar's ``__dict__`` (no attribute lookups) and converts each distinct ``ts``
+    once per batch: bars of many symbols share their timestamps, and the conversion is most
+    of the cost. Raises ``TypeError`` for an item that is not a ``Bar`` (the caller then
+    takes the checked path).
+    """
+    if not all(isinstance(bar, Bar) for bar in batch):
+        raise TypeError("the batch holds items that are not Bar objects")
+    cache: dict[datetime, int] = {}
+
+    def epoch_us_cached(ts: datetime) -> int:
+        us = cache.get(ts)
+        if us is None:
+            us = cache[ts] = (ts - EPOCH) // ONE_MICROSECOND
+        return us
+
     return [
-        (vendor, symbol, timeframe, (ts - EPOCH) // ONE_MICROSECOND, o, h, lo, c, volume)
-        for vendor, symbol, timeframe, ts, o, h, lo, c, volume in map(_bar_values, batch)
+        (vendor, symbol, timeframe, epoch_us_cached(ts), o, h, lo, c, volume)
+        for vendor, symbol, timeframe, ts, o, h, lo, c, volume in map(_bar_values, map(vars, batch))
     ]
 
 
@@ -178,6 +227,25 @@ def classify_sqlite_error(exc: BaseException) -> SinkError:
     return RetryableSinkError(f"SQLite write failed: {type(exc).__name__}: {exc}")
 
 
+def is_busy(error: SinkError) -> bool:
+    """Whether ``error`` comes from a busy or locked database (retrying each batch would only
+    wait on the same lock again)."""
+    cause = error.__cause__
+    code = getattr(cause, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def settle(outcomes: list[asyncio.Future[None]], errors: list[SinkError | None]) -> None:
+    """Complete each batch's future (on the event loop) with its own outcome."""
+    for outcome, error in zip(outcomes, errors, strict=True):
+        if outcome.done():
+            continue
+        if error is None:
+            outcome.set_result(None)
+        else:
+            outcome.set_exception(error)
+
+
 def migrate(conn: sqlite3.Connection, path: str) -> None:
     """Bring the schema to ``SCHEMA_VERSION`` in one transaction (no-op when it is there).
 
@@ -192,6 +260,9 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
         version = user_version(conn)  # another process may have migrated meanwhile
         check_schema_version(version, SCHEMA_VERSION, f"SQLite database {path!r}")
         if version < SCHEMA_VERSION:
+            if version == 0 and table_exists(conn, TABLE):
+                for statement in MIGRATE_FROM_0:
+                    conn.execute(statement)
             for statement in SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -200,6 +271,12 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
     finally:
         if conn.in_transaction:
             conn.rollback()
+
+
+def table_exists(conn: sqlite3.Connection, name: str) -> bool:
+    """Whether the database holds a table called ``name``."""
+    sql = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
+    return bool(conn.execute(sql, (name,)).fetchone()[0])
 
 
 def user_version(conn: sqlite3.Connection) -> int:
@@ -267,8 +344,13 @@ class SqliteBarsSink(AsyncOpenClose):
         self._metrics = SinkMetrics(name)
         self._executor: ThreadPoolExecutor | None = None
         self._reader: ThreadPoolExecutor | None = None
+        self._checkpointer: ThreadPoolExecutor | None = None
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._rows_since_checkpoint = 0
+        self._checkpoint_queued = False
         self._conn: sqlite3.Connection | None = None
         self._read_conn: sqlite3.Connection | None = None
+        self._pending: deque[Pending] = deque()  # appended on the loop, taken by the thread
 
     @property
     def state(self) -> SinkState:
@@ -276,23 +358,28 @@ class SqliteBarsSink(AsyncOpenClose):
         return self._lifecycle.state
 
     async def open(self) -> None:
-        """Connect, switch to WAL mode, create or migrate the schema, open the read connection.
+        """Connect, switch to WAL mode, create or migrate the schema, open the read and
+        checkpoint connections.
 
         Raises ``SchemaVersionError`` for a database written by a newer release.
         """
         self._lifecycle.check_can_open()
         loop = asyncio.get_running_loop()
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mds-{self.name}")
-        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mds-{self.name}-read")
+        executor = self._thread("")
+        reader, checkpointer = self._thread("-read"), self._thread("-checkpoint")
         try:
             self._conn = await loop.run_in_executor(executor, self._connect)
             self._read_conn = await loop.run_in_executor(reader, self._connect_reader)
+            self._checkpoint_conn = await loop.run_in_executor(
+                checkpointer, self._connect_checkpointer
+            )
         except BaseException:
+            await loop.run_in_executor(reader, self._disconnect_reader)
             await loop.run_in_executor(executor, self._disconnect)
-            executor.shutdown(wait=False)
-            reader.shutdown(wait=False)
+            for thread in (executor, reader, checkpointer):
+                thread.shutdown(wait=False)
             raise
-        self._executor, self._reader = executor, reader
+        self._executor, self._reader, self._checkpointer = executor, reader, checkpointer
         self._lifecycle.state = SinkState.OPEN
         logger.debug("sink {} opened {}", self.name, self.path)
 
@@ -304,31 +391,42 @@ class SqliteBarsSink(AsyncOpenClose):
         if not self._lifecycle.begin_close():
             return
         loop = asyncio.get_running_loop()
-        executor, self._executor = self._executor, None
-        reader, self._reader = self._reader, None
+        closing = [
+            (self._reader, self._disconnect_reader),
+            # Queued after any write already handed to the thread: those finish first.
+            (self._executor, self._disconnect),
+            (self._checkpointer, self._disconnect_checkpointer),
+        ]
+        self._executor = self._reader = self._checkpointer = None
         try:
-            if reader is not None:
-                await loop.run_in_executor(reader, self._disconnect_reader)
+            for thread, disconnect in closing:
+                if thread is not None:
+                    await loop.run_in_executor(thread, disconnect)
         finally:
-            if reader is not None:
-                reader.shutdown(wait=False)
-            if executor is not None:
-                try:
-                    # Queued after any write already handed to the thread: those finish first.
-                    await loop.run_in_executor(executor, self._disconnect)
-                finally:
-                    executor.shutdown(wait=False)
+            for thread, _ in closing:
+                if thread is not None:
+                    thread.shutdown(wait=False)
         logger.debug("sink {} closed", self.name)
 
+    def _thread(self, suffix: str) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mds-{self.name}{suffix}")
+
     async def write(self, batch: Sequence[Bar]) -> None:
-        """Upsert ``batch`` in one transaction; the batch is not modified.
+        """Upsert ``batch`` in one transaction (shared with other waiting batches); the batch
+        is not modified.
 
         Items that are not ``Bar`` objects (e.g. the dicts a DLQ replay yields) are validated
         as bars first; one that fails makes the whole batch a ``PermanentSinkError``.
         """
+        self._lifecycle.check_open()
+        assert self._executor is not None
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[None] = loop.create_future()
+        self._pending.append((batch, outcome))
+        self._executor.submit(self._write_pending, loop)
         try:
-            await self._run(self._write_batch, batch)
+            await outcome
         except SinkError as exc:
             self._metrics.failed(exc)
             logger.warning("sink {} failed a batch of {} bars: {}", self.name, len(batch), exc)
@@ -456,6 +554,7 @@ class SqliteBarsSink(AsyncOpenClose):
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
             migrate(conn, self.path)
         except BaseException:
             conn.close()
@@ -469,6 +568,41 @@ class SqliteBarsSink(AsyncOpenClose):
         conn.execute("PRAGMA query_only=ON")
         return conn
 
+    def _connect_checkpointer(self) -> sqlite3.Connection:
+        return sqlite3.connect(
+            self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None
+        )
+
+    def _disconnect_checkpointer(self) -> None:
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()
+            self._checkpoint_conn = None
+
+    def _request_checkpoint(self, rows: int) -> None:
+        """On the writer's thread: count committed rows, queue a checkpoint when due."""
+        self._rows_since_checkpoint += rows
+        checkpointer = self._checkpointer
+        if self._rows_since_checkpoint < CHECKPOINT_EVERY_ROWS or checkpointer is None:
+            return
+        if self._checkpoint_queued:  # the last one is still running: it will catch up
+            return
+        self._rows_since_checkpoint = 0
+        self._checkpoint_queued = True
+        try:
+            checkpointer.submit(self._checkpoint)
+        except RuntimeError:  # closing: the last connection to close checkpoints
+            self._checkpoint_queued = False
+
+    def _checkpoint(self) -> None:
+        """On the checkpointer's thread: copy the WAL back without blocking the writer."""
+        try:
+            if self._checkpoint_conn is not None:
+                self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:  # the writer's backstop checkpoint still bounds the WAL
+            logger.debug("sink {}: checkpoint failed: {}", self.name, exc)
+        finally:
+            self._checkpoint_queued = False
+
     def _disconnect(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -479,8 +613,61 @@ class SqliteBarsSink(AsyncOpenClose):
             self._read_conn.close()
             self._read_conn = None
 
-    def _write_batch(self, batch: Sequence[Any]) -> None:
-        rows = rows_of(batch, sqlite_rows, sqlite_row)
+    def _write_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Write every batch waiting (up to ``GROUP_MAX_ROWS`` rows) and settle their futures.
+
+        One job is queued per ``write()``; a job that finds nothing waiting (an earlier job
+        took its batch into a group) returns at once.
+        """
+        group: list[Pending] = []
+        rows = 0
+        while self._pending and rows < GROUP_MAX_ROWS:
+            batch, outcome = self._pending.popleft()
+            if not outcome.cancelled():
+                group.append((batch, outcome))
+                rows += len(batch)
+        if not group:
+            return
+        try:
+            errors = self._write_group([batch for batch, _ in group])
+        except Exception as exc:  # a bug here must fail the batches, not leave them waiting
+            error = RetryableSinkError(f"SQLite write failed: {type(exc).__name__}: {exc}")
+            errors = [error] * len(group)
+        try:
+            loop.call_soon_threadsafe(settle, [outcome for _, outcome in group], errors)
+        except RuntimeError:  # the loop has closed: no one is waiting any more
+            pass
+
+    def _write_group(self, batches: list[Sequence[Any]]) -> list[SinkError | None]:
+        """Each batch's error (None: written); one transaction, else one per batch."""
+        errors: list[SinkError | None] = [None] * len(batches)
+        converted: list[tuple[int, list[SqliteRow]]] = []
+        for index, batch in enumerate(batches):
+            try:
+                converted.append((index, rows_of(batch, sqlite_rows, sqlite_row)))
+            except Exception as exc:
+                errors[index] = classify_sqlite_error(exc)
+        if not converted:
+            return errors
+        try:
+            self._transaction(itertools.chain.from_iterable(rows for _, rows in converted))
+            self._request_checkpoint(sum(len(rows) for _, rows in converted))
+            return errors
+        except SinkError as exc:
+            if len(converted) == 1 or is_busy(exc):
+                for index, _ in converted:
+                    errors[index] = exc
+                return errors
+        for index, rows in converted:  # the group failed: find the batch(es) at fault
+            try:
+                self._transaction(rows)
+                self._request_checkpoint(len(rows))
+            except SinkError as exc:
+                errors[index] = exc
+        return errors
+
+    def _transaction(self, rows: Iterable[SqliteRow]) -> None:
+        """Upsert ``rows`` in one transaction, raising a classified ``SinkError``."""
         conn = self._conn
         assert conn is not None
         try:
