@@ -56,8 +56,7 @@ PASSWORD = "Sup3r-S3cret%"
     ],
 )
 def test_outages_and_unknown_errors_are_retryable(exc: Exception) -> None:
-    """Connection, I/O, timeout, too-many-connections, shutdown, serialization and unknown
-    errors are RetryableSinkError (retried, never dead-lettered as permanent)."""
+    """Outages (connection, I/O, timeouts, too many connections, shutdown) and unknowns retry."""
     error, _ = classify(exc, Redactor("postgresql://u@h/db"))
     assert isinstance(error, RetryableSinkError)
 
@@ -76,8 +75,7 @@ def test_outages_and_unknown_errors_are_retryable(exc: Exception) -> None:
     ],
 )
 def test_data_errors_are_permanent(exc: Exception) -> None:
-    """Errors caused by a batch's own values (invalid text, out of range, NUL bytes, too long,
-    a CHECK) are PermanentSinkError, so splitting isolates the bad bars."""
+    """Errors caused by a batch's own values are PermanentSinkError (splitting isolates them)."""
     error, broken = classify(exc, Redactor("postgresql://u@h/db"))
     assert isinstance(error, PermanentSinkError)
     assert broken is False
@@ -124,8 +122,7 @@ async def test_an_unknown_driver_exception_during_a_write_is_retryable(
 async def test_restarts_of_the_server_mid_write_lose_no_bar(
     pg_server: PostgresServer, pg_dsn: str, tmp_path: Path
 ) -> None:
-    """Bars streamed through a coordinator while the server restarts twice are all written
-    once: every failure on the way was retryable, nothing was dead-lettered."""
+    """Bars streamed while the server restarts twice are all written, none dead-lettered."""
     dlq_path = tmp_path / "dlq.ndjson"
     retry = RetryPolicy(max_attempts=1000, initial_backoff_ms=5, max_backoff_ms=100)
     breaker = CircuitBreaker(failure_threshold=5, half_open_after_sec=0.05)
