@@ -9,8 +9,8 @@ that chose this key). The version is kept in ``mds_schema_version``.
 
 Opening a database already at the current version issues no DDL at all, so a role with only
 ``SELECT, INSERT, UPDATE`` on ``bars`` and ``mds_schema_version`` and ``USAGE`` on the schema
-can use it (merging a replayed batch uses a temporary table: ``TEMP`` on the database, which
-PostgreSQL grants to PUBLIC by default). Creating or migrating needs the tables' owner and
+can use it (no ``TEMP`` either: a replayed batch is merged without a temporary table).
+Creating or migrating needs the tables' owner and
 happens under an advisory lock, in one transaction, so concurrent openers migrate once;
 re-keying a large round-one table rebuilds its key index and blocks writers meanwhile.
 """

@@ -3,10 +3,10 @@
 Needs the ``postgres`` extra: asyncpg, imported when the sink opens. A pool of connections
 serves concurrent ``write()`` calls and reads. Each batch is bulk loaded with binary COPY
 straight into the table (one statement, so one transaction); if that hits an existing key (a
-replayed or overlapping batch), the batch is instead copied into a temporary table and merged
-with one ``INSERT ... ON CONFLICT DO UPDATE`` that skips rows whose values are unchanged, so a
-replayed batch changes nothing. Rows are handed to COPY as the bars' own attribute tuples:
-``ts`` is a UTC datetime that asyncpg encodes as timestamptz.
+replayed or overlapping batch), the batch is instead passed as one array per column to one
+``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE`` that skips rows whose values are
+unchanged, so a replayed batch changes nothing. The COPY data is encoded here (``_pg_copy``),
+reusing each batch's repeated symbols and timestamps.
 
 Schema, key and versions: see ``_pg_schema``. Errors: see ``_pg_errors`` (only a batch's own
 bad data is a ``PermanentSinkError``; everything else, unknown exceptions included, is a
@@ -54,15 +54,15 @@ from market_data_store.sinks.bar import BAR_FIELDS, Bar, bars_from_rows
 PgRow = tuple[Any, ...]
 
 SCHEMA = CREATE_TABLE  # the current table's DDL (benchmarks create it bare)
-STAGE_TABLE = "mds_bars_stage"
 COLUMNS = ", ".join(BAR_FIELDS)
-CREATE_STAGE = (
-    f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE_TABLE} "
-    f"(LIKE {TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-)
-MERGE_STAGE = f"""
+COLUMN_TYPES = ("text", "text", "text", "timestamptz") + ("float8",) * 5
+# The conflict path: the batch as one array per column, upserted by one statement (no
+# temporary table, so no TEMP privilege needed); unchanged rows are not rewritten.
+MERGE_ARRAYS = f"""
 INSERT INTO {TABLE} AS t ({COLUMNS})
-SELECT {COLUMNS} FROM {STAGE_TABLE} ORDER BY {", ".join(KEY_COLUMNS)}
+SELECT * FROM unnest({", ".join(f"${i}::{kind}[]" for i, kind in enumerate(COLUMN_TYPES, 1))})
+    AS s({COLUMNS})
+ORDER BY {", ".join(KEY_COLUMNS)}
 ON CONFLICT ({", ".join(KEY_COLUMNS)}) DO UPDATE SET
     open = excluded.open, high = excluded.high, low = excluded.low,
     close = excluded.close, volume = excluded.volume
@@ -445,16 +445,8 @@ class PostgresBarsSink(AsyncOpenClose):
             raise await self._sink_error(exc) from None
 
     async def _merge(self, conn: Any, bars: Sequence[Bar]) -> None:
-        latest = {(b.vendor, b.symbol, b.timeframe, b.ts): b for b in bars}
-        async with conn.transaction():
-            await conn.execute(CREATE_STAGE)
-            await conn.copy_to_table(
-                STAGE_TABLE,
-                source=memoryview(copy_payload(list(latest.values()))),
-                columns=BAR_FIELDS,
-                format="binary",
-            )
-            await conn.execute(MERGE_STAGE)
+        rows = last_per_key(pg_rows(bars))
+        await conn.execute(MERGE_ARRAYS, *map(list, zip(*rows, strict=True)))
 
     async def _sink_error(self, exc: Exception) -> SinkError:
         """The sink error for ``exc`` (its message masked); lets the pool replace broken

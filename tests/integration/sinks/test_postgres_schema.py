@@ -169,6 +169,8 @@ async def writer_dsn(pg_dsn: str, admin: Any) -> AsyncIterator[str]:
     await admin.execute(f"CREATE ROLE {role} LOGIN")
     try:
         await admin.execute(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}")
+        database = urlsplit(pg_dsn).path.lstrip("/")
+        await admin.execute(f'REVOKE TEMP ON DATABASE "{database}" FROM PUBLIC, {role}')
         await admin.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
         await admin.execute(f"GRANT SELECT, INSERT, UPDATE ON bars, {VERSION_TABLE} TO {role}")
         parts = urlsplit(pg_dsn)
@@ -179,13 +181,16 @@ async def writer_dsn(pg_dsn: str, admin: Any) -> AsyncIterator[str]:
 
 
 async def test_a_least_privilege_writer_opens_writes_and_reads(writer_dsn: str, admin: Any) -> None:
-    """A role without CREATE (only SELECT/INSERT/UPDATE, schema USAGE) opens, writes, reads."""
+    """A role with only SELECT/INSERT/UPDATE and schema USAGE opens, writes, replays, reads."""
     role = urlsplit(writer_dsn).username
     assert not await admin.fetchval("SELECT has_schema_privilege($1, 'public', 'CREATE')", role)
+    assert not await admin.fetchval(
+        "SELECT has_database_privilege($1, current_database(), 'TEMP')", role
+    )
     bars = make_bars(40)
     async with PostgresBarsSink(writer_dsn) as sink:
         await sink.write(bars)
-        await sink.write(bars)  # the replay takes the merge path (a temporary table)
+        await sink.write(bars)  # a replay takes the merge path
         assert await sink.count() == 40
         assert await sink.read("SYM0", "1m") == [b for b in bars if b.symbol == "SYM0"]
         assert (await sink.latest(["SYM1"], "1m"))["SYM1"] == bars[-4]
