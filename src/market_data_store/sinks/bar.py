@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import (
@@ -16,6 +16,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from market_data_store.sinks._gc import gc_paused
 
 SYMBOL_MAX_LENGTH = 32
 VENDOR_MAX_LENGTH = 64
@@ -118,37 +120,108 @@ class Bar(BaseModel):
 
 
 _new_bar = object.__new__
+_set_dict = BaseModel.__dict__["__dict__"].__set__
 _set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
 _set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
 _set_private = BaseModel.__dict__["__pydantic_private__"].__set__
-_ALL_FIELDS = frozenset(BAR_FIELDS)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MICROSECOND = timedelta(microseconds=1)
+
+SERIES_FIELDS = ("vendor", "ts", "open", "high", "low", "close", "volume")
+"""Row layout of ``bars_of_series``: ``BAR_FIELDS`` without symbol and timeframe."""
 
 
-def bars_from_rows(rows: Iterable[Sequence[Any]]) -> list[Bar]:
+def bars_from_rows(rows: Iterable[Sequence[Any]], *, ts_epoch_us: bool = False) -> list[Bar]:
     """Bars from trusted database rows, without validating them again.
 
     Each row holds the values in ``BAR_FIELDS`` order with ``ts`` a timezone-aware UTC
-    ``datetime``: only rows a sink wrote from valid bars qualify. The bars are equal to,
-    hash like and are as frozen as validated ones; building them skips pydantic (about 3x
-    faster than ``Bar.model_construct``), which is where a read spends its time.
+    ``datetime`` (or, with ``ts_epoch_us=True``, integer microseconds since the Unix epoch):
+    only rows a sink wrote from valid bars qualify. The bars are equal to, hash like and are
+    as frozen as validated ones; building them skips pydantic (about 3x faster than
+    ``Bar.model_construct``), which is where a read spends its time. Like
+    ``model_construct(_fields_set=...)``, the bars of one call share one fields-set object
+    (every field is set): one allocation less per bar.
     """
+    with gc_paused():
+        return _bars_any_series(rows, ts_epoch_us)
+
+
+def bars_of_series(
+    symbol: str, timeframe: str, rows: Iterable[Sequence[Any]], *, ts_epoch_us: bool = False
+) -> list[Bar]:
+    """Bars of one series from trusted rows in ``SERIES_FIELDS`` order, not validated again.
+
+    For a read by symbol and timeframe: the database need not return those two strings for
+    every row (a third less to fetch), and every bar shares the caller's string objects.
+    ``symbol``, ``timeframe`` and the rows must be as a sink stored them (see
+    ``bars_from_rows``).
+    """
+    with gc_paused():
+        return _bars(symbol, timeframe, rows, ts_epoch_us)
+
+
+# The two loops below differ only in where symbol and timeframe come from; each runs once
+# per bar read, so neither calls a shared helper per bar.
+
+
+def _bars_any_series(rows: Iterable[Sequence[Any]], ts_epoch_us: bool) -> list[Bar]:
+    new, cls, set_dict = _new_bar, Bar, _set_dict
+    set_fields_set, set_extra, set_private = _set_fields_set, _set_extra, _set_private
+    epoch, one_us = _EPOCH, _ONE_MICROSECOND
+    fields_set = set(BAR_FIELDS)
     bars: list[Bar] = []
     append = bars.append
     for vendor, symbol, timeframe, ts, open_, high, low, close, volume in rows:
-        bar = _new_bar(Bar)
-        bar.__dict__.update(
-            vendor=vendor,
-            symbol=symbol,
-            timeframe=timeframe,
-            ts=ts,
-            open=open_,
-            high=high,
-            low=low,
-            close=close,
-            volume=volume,
+        bar = new(cls)
+        set_dict(
+            bar,
+            {
+                "vendor": vendor,
+                "symbol": symbol,
+                "timeframe": timeframe,
+                "ts": epoch + ts * one_us if ts_epoch_us else ts,
+                "open": open_,
+                "high": high,
+                "low": low,
+                "close": close,
+                "volume": volume,
+            },
         )
-        _set_fields_set(bar, set(_ALL_FIELDS))
-        _set_extra(bar, None)
-        _set_private(bar, None)
+        set_fields_set(bar, fields_set)
+        set_extra(bar, None)
+        set_private(bar, None)
+        append(bar)
+    return bars
+
+
+def _bars(
+    symbol: str, timeframe: str, rows: Iterable[Sequence[Any]], ts_epoch_us: bool
+) -> list[Bar]:
+    # Locals, not globals, in the loop: it runs once per bar.
+    new, cls, set_dict = _new_bar, Bar, _set_dict
+    set_fields_set, set_extra, set_private = _set_fields_set, _set_extra, _set_private
+    epoch, one_us = _EPOCH, _ONE_MICROSECOND
+    fields_set = set(BAR_FIELDS)
+    bars: list[Bar] = []
+    append = bars.append
+    for vendor, ts, open_, high, low, close, volume in rows:
+        bar = new(cls)
+        set_dict(
+            bar,
+            {
+                "vendor": vendor,
+                "symbol": symbol,
+                "timeframe": timeframe,
+                "ts": epoch + ts * one_us if ts_epoch_us else ts,
+                "open": open_,
+                "high": high,
+                "low": low,
+                "close": close,
+                "volume": volume,
+            },
+        )
+        set_fields_set(bar, fields_set)
+        set_extra(bar, None)
+        set_private(bar, None)
         append(bar)
     return bars

@@ -25,8 +25,9 @@ batch whose ``write()`` returned before the read began.
 
 Schema: ``PRAGMA user_version`` holds the schema version. Opening a database of an older
 version (0: the first release, no version) migrates it in place in one transaction, keeping
-every row (version 0 -> 1 rebuilds the table with its new key, once); a database of a
-newer version is refused with ``SchemaVersionError``.
+every row (version 0 -> 1 rebuilds the table with its new key, once: 4.6 s for 1,000,000
+rows measured on 2 busy cores); a database of a newer version is refused with
+``SchemaVersionError``.
 
 Errors: a batch holding something that is not a valid bar, or rows the table's constraints
 reject or SQLite cannot bind, raise ``PermanentSinkError`` (dead-letter it); a busy or
@@ -53,6 +54,7 @@ from loguru import logger
 
 from market_data_store._context import AsyncOpenClose
 from market_data_store.coordinator.types import PermanentSinkError, RetryableSinkError, SinkError
+from market_data_store.sinks._gc import gc_paused
 from market_data_store.sinks._lifecycle import Lifecycle, SinkState
 from market_data_store.sinks._metrics import SinkMetrics
 from market_data_store.sinks._read import (
@@ -65,7 +67,13 @@ from market_data_store.sinks._read import (
 )
 from market_data_store.sinks._rows import rows_of
 from market_data_store.sinks._schema import check_schema_version
-from market_data_store.sinks.bar import BAR_FIELDS, Bar, bars_from_rows
+from market_data_store.sinks.bar import (
+    BAR_FIELDS,
+    SERIES_FIELDS,
+    Bar,
+    bars_from_rows,
+    bars_of_series,
+)
 
 T = TypeVar("T")
 SqliteRow = tuple[str, str, str, int, float, float, float, float, float]
@@ -76,6 +84,8 @@ GROUP_MAX_ROWS = 20_000
 CHECKPOINT_EVERY_ROWS = 10_000
 """Rows committed between checkpoint requests (about SQLite's default 1,000 WAL pages when
 50 symbols are interleaved; fewer pages when a feed appends to few series)."""
+READ_MMAP_BYTES = 256 * 1024 * 1024
+"""Address space (not memory) the read connection maps the database file into."""
 BACKSTOP_CHECKPOINT_PAGES = 10_000
 """The writer's own automatic checkpoint, used only if the checkpointer falls behind."""
 
@@ -200,10 +210,7 @@ def epoch_us(value: datetime | None, default: int) -> int:
 
 def bars_of(rows: Iterable[Sequence[Any]]) -> list[Bar]:
     """Bars from rows of the table (``ts`` in epoch microseconds), not validated again."""
-    return bars_from_rows(
-        (v, s, tf, EPOCH + ts * ONE_MICROSECOND, o, h, lo, c, vol)
-        for v, s, tf, ts, o, h, lo, c, vol in rows
-    )
+    return bars_from_rows(rows, ts_epoch_us=True)
 
 
 def classify_sqlite_error(exc: BaseException) -> SinkError:
@@ -294,7 +301,7 @@ def select_sql(*, vendor: bool, after: bool) -> str:
     elif after:
         where.append("ts >= :after_ts AND (ts > :after_ts OR vendor > :after_vendor)")
     return (
-        f"SELECT {COLUMNS} FROM {TABLE} WHERE {' AND '.join(where)} "
+        f"SELECT {', '.join(SERIES_FIELDS)} FROM {TABLE} WHERE {' AND '.join(where)} "
         "ORDER BY ts, vendor LIMIT :limit"
     )
 
@@ -566,6 +573,8 @@ class SqliteBarsSink(AsyncOpenClose):
             self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None
         )
         conn.execute("PRAGMA query_only=ON")
+        # Read pages straight from the file mapping rather than copying them into the cache.
+        conn.execute(f"PRAGMA mmap_size={READ_MMAP_BYTES}")
         return conn
 
     def _connect_checkpointer(self) -> sqlite3.Connection:
@@ -629,7 +638,8 @@ class SqliteBarsSink(AsyncOpenClose):
         if not group:
             return
         try:
-            errors = self._write_group([batch for batch, _ in group])
+            with gc_paused():  # conversion makes thousands of tuples and no cycles
+                errors = self._write_group([batch for batch, _ in group])
         except Exception as exc:  # a bug here must fail the batches, not leave them waiting
             error = RetryableSinkError(f"SQLite write failed: {type(exc).__name__}: {exc}")
             errors = [error] * len(group)
@@ -688,7 +698,8 @@ class SqliteBarsSink(AsyncOpenClose):
 
     def _select(self, sql: str, params: dict[str, Any]) -> list[Bar]:
         assert self._read_conn is not None
-        return bars_of(self._read_conn.execute(sql, params).fetchall())
+        rows = self._read_conn.execute(sql, params).fetchall()
+        return bars_of_series(params["symbol"], params["timeframe"], rows, ts_epoch_us=True)
 
     def _latest(self, symbols: list[str], timeframe: str, vendor: str | None) -> dict[str, Bar]:
         assert self._read_conn is not None

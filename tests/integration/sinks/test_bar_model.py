@@ -12,10 +12,12 @@ from pydantic import ValidationError
 from market_data_store.sinks import Bar
 from market_data_store.sinks.bar import (
     BAR_FIELDS,
+    SERIES_FIELDS,
     SYMBOL_MAX_LENGTH,
     TIMEFRAME_MAX_LENGTH,
     VENDOR_MAX_LENGTH,
     bars_from_rows,
+    bars_of_series,
     normalise_symbol,
 )
 
@@ -133,12 +135,26 @@ def test_bars_from_rows_equal_validated_bars() -> None:
         built.close = 1.0  # type: ignore[misc]
 
 
-def test_bars_from_rows_do_not_share_their_fields_set() -> None:
-    """Each built bar owns its fields-set, so changing one leaves the others alone."""
-    row = tuple(getattr(Bar(**bar_values()), f) for f in BAR_FIELDS)
-    first, second = bars_from_rows([row, row])
-    first.model_fields_set.discard("volume")
-    assert "volume" in second.model_fields_set
+def test_bars_from_epoch_us_rows_equal_validated_bars() -> None:
+    """With ts_epoch_us=True, ts given as epoch microseconds becomes the same UTC instant."""
+    validated = Bar(**bar_values(ts=datetime(1969, 7, 20, 20, 17, 40, 123456, tzinfo=UTC)))
+    us = (validated.ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    row = [us if f == "ts" else getattr(validated, f) for f in BAR_FIELDS]
+    (built,) = bars_from_rows([row], ts_epoch_us=True)
+    assert built == validated
+    assert built.ts.tzinfo is UTC
+
+
+def test_bars_of_series_equal_validated_bars() -> None:
+    """bars_of_series fills symbol and timeframe into rows of the other fields, both ts forms."""
+    validated = Bar(**bar_values(symbol="AAPL"))
+    us = (validated.ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    row = [getattr(validated, f) for f in SERIES_FIELDS]
+    assert bars_of_series("AAPL", "1m", [row]) == [validated]
+    row[1] = us
+    (built,) = bars_of_series("AAPL", "1m", [row], ts_epoch_us=True)
+    assert built == validated
+    assert hash(built) == hash(validated)
 
 
 @pytest.mark.parametrize(
@@ -195,3 +211,20 @@ def test_vendor_and_timeframe_keep_their_case() -> None:
     """vendor and timeframe are stripped but otherwise stored as given."""
     bar = Bar(**bar_values(vendor=" Polygon ", timeframe="1Min"))
     assert (bar.vendor, bar.timeframe) == ("Polygon", "1Min")
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_building_bars_restores_the_garbage_collector_state(enabled: bool) -> None:
+    """The builders pause the cyclic GC and leave it as they found it, enabled or not."""
+    import gc
+
+    row = tuple(getattr(Bar(**bar_values()), f) for f in BAR_FIELDS)
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        bars_from_rows([row])
+        assert gc.isenabled() is enabled
+        bars_of_series("AAPL", "1m", [])
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()

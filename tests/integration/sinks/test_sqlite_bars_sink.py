@@ -536,3 +536,14 @@ async def test_the_checkpointer_copies_the_wal_back_without_the_writer(
             await sink.write(make_bars(100, offset=100 * i))
         await wait_until(lambda: file_size(db_path) > empty_size, what="checkpoint")
         assert await sink.count() == 300
+
+
+async def test_writes_leave_the_garbage_collector_enabled(sink: SqliteBarsSink) -> None:
+    """The writer pauses the cyclic GC around a group and re-enables it, even on failure."""
+    import gc
+
+    assert gc.isenabled()
+    await sink.write(make_bars(50))
+    with pytest.raises(PermanentSinkError):
+        await sink.write([invalid_bar(low=1e9)])
+    assert gc.isenabled()
