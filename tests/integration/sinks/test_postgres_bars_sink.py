@@ -276,3 +276,24 @@ async def test_the_binary_copy_encoding_round_trips_edge_values(sink: PostgresBa
     read = [bar for b in bars for bar in await sink.read(b.symbol, "1m")]
     assert read == bars
     assert all(bar.ts.tzinfo is UTC for bar in read)
+
+
+async def test_iter_bars_holds_at_most_one_page_of_rows(
+    sink: PostgresBarsSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """iter_bars fetches page_size rows per query (bounded memory) and yields every bar once."""
+    bars = make_bars(100, symbols=1)
+    await sink.write(bars)
+    fetched: list[int] = []
+    real_fetch = sink._fetch
+
+    async def counting_fetch(sql: str, *args: Any) -> list[Any]:
+        rows = await real_fetch(sql, *args)
+        fetched.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(sink, "_fetch", counting_fetch)
+    got = [bar async for bar in sink.iter_bars("SYM0", "1m", page_size=7)]
+    assert got == bars
+    assert max(fetched) == 7
+    assert sum(fetched) == 100
