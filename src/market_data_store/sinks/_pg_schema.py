@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from market_data_store.coordinator.types import MarketDataStoreError
 from market_data_store.sinks._schema import check_schema_version
 
 TABLE = "bars"
@@ -60,6 +61,10 @@ SELECT conname FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p
 """
 
 
+class SchemaPrivilegeError(MarketDataStoreError, PermissionError):
+    """The database needs its schema created or migrated, and this role may not do it."""
+
+
 async def found_version(conn: Any) -> int:
     """The schema version of the database: 0 empty, 1 round one, else the recorded one."""
     has_table, has_versions = await conn.fetchrow(
@@ -77,13 +82,28 @@ async def found_version(conn: Any) -> int:
 async def ensure_schema(conn: Any, where: str) -> int:
     """Bring the database to ``SCHEMA_VERSION``; the version found before (0 for none).
 
-    Raises ``SchemaVersionError`` for a database of a newer release. Issues no DDL when the
-    database is current.
+    Raises ``SchemaVersionError`` for a database of a newer release, ``SchemaPrivilegeError``
+    when the role may not create or migrate the schema. Issues no DDL when the database is
+    current.
     """
+    import asyncpg
+
     found = await found_version(conn)
     check_schema_version(found, SCHEMA_VERSION, where)
     if found == SCHEMA_VERSION:
         return found
+    try:
+        return await _upgrade(conn, where)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        action = "create the schema" if found == 0 else f"migrate schema version {found}"
+        raise SchemaPrivilegeError(
+            f"{where}: this role may not {action} to version {SCHEMA_VERSION} ({exc}); open "
+            "it once as the owner of its tables (or a role allowed to CREATE in its schema), "
+            "after which SELECT, INSERT, UPDATE on the tables are enough"
+        ) from None
+
+
+async def _upgrade(conn: Any, where: str) -> int:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK_KEY)
         found = await found_version(conn)  # another opener may have migrated meanwhile

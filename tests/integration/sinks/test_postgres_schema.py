@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ import pytest
 from sink_helpers import T0, make_bars
 
 from market_data_store.sinks import PostgresBarsSink, SinkState
-from market_data_store.sinks._pg_schema import SCHEMA_VERSION, VERSION_TABLE
+from market_data_store.sinks._pg_schema import SCHEMA_VERSION, VERSION_TABLE, SchemaPrivilegeError
 from market_data_store.sinks._schema import SchemaVersionError
 from market_data_store.sinks.bar import BAR_FIELDS
 from market_data_store.sinks.postgres import range_query
@@ -160,24 +161,32 @@ async def test_a_database_of_a_newer_release_is_refused(pg_dsn: str, admin: Any)
     assert await admin.fetchval("SELECT count(*) FROM bars") == 5
 
 
-@pytest.fixture
-async def writer_dsn(pg_dsn: str, admin: Any) -> AsyncIterator[str]:
-    """DSN of a fresh login role with SELECT, INSERT, UPDATE on the sink's tables only."""
+@contextlib.asynccontextmanager
+async def least_privilege_role(pg_dsn: str, admin: Any, tables: str) -> AsyncIterator[str]:
+    """DSN of a fresh login role with SELECT, INSERT, UPDATE on ``tables`` and schema USAGE
+    only (no CREATE, no TEMP); the role is dropped afterwards."""
     role = f"mds_writer_{uuid.uuid4().hex[:8]}"
-    async with PostgresBarsSink(pg_dsn):  # the owner creates the schema
-        pass
     await admin.execute(f"CREATE ROLE {role} LOGIN")
     try:
         await admin.execute(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}")
         database = urlsplit(pg_dsn).path.lstrip("/")
         await admin.execute(f'REVOKE TEMP ON DATABASE "{database}" FROM PUBLIC, {role}')
         await admin.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
-        await admin.execute(f"GRANT SELECT, INSERT, UPDATE ON bars, {VERSION_TABLE} TO {role}")
+        await admin.execute(f"GRANT SELECT, INSERT, UPDATE ON {tables} TO {role}")
         parts = urlsplit(pg_dsn)
         yield urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
     finally:
         await admin.execute(f"DROP OWNED BY {role}")
         await admin.execute(f"DROP ROLE {role}")
+
+
+@pytest.fixture
+async def writer_dsn(pg_dsn: str, admin: Any) -> AsyncIterator[str]:
+    """DSN of a least-privilege role on a database the owner has already opened."""
+    async with PostgresBarsSink(pg_dsn):  # the owner creates the schema
+        pass
+    async with least_privilege_role(pg_dsn, admin, f"bars, {VERSION_TABLE}") as dsn:
+        yield dsn
 
 
 async def test_a_least_privilege_writer_opens_writes_and_reads(writer_dsn: str, admin: Any) -> None:
@@ -194,3 +203,18 @@ async def test_a_least_privilege_writer_opens_writes_and_reads(writer_dsn: str, 
         assert await sink.count() == 40
         assert await sink.read("SYM0", "1m") == [b for b in bars if b.symbol == "SYM0"]
         assert (await sink.latest(["SYM1"], "1m"))["SYM1"] == bars[-4]
+
+
+async def test_a_least_privilege_writer_cannot_migrate_and_says_who_can(
+    pg_dsn: str, admin: Any
+) -> None:
+    """A role without DDL rights opening a round-one database gets a clear, actionable error."""
+    await admin.execute(ROUND_ONE_SCHEMA)
+    async with least_privilege_role(pg_dsn, admin, "bars") as dsn:
+        sink = PostgresBarsSink(dsn)
+        with pytest.raises(SchemaPrivilegeError, match=r"migrate schema version 1 .*owner"):
+            await sink.open()
+        assert sink.state is SinkState.NEW
+    async with PostgresBarsSink(pg_dsn):  # the owner migrates: the table is untouched so far
+        pass
+    assert await primary_key(admin) == ["symbol", "timeframe", "ts", "vendor"]
