@@ -47,8 +47,12 @@ def normalise_symbol(value: str) -> str:
     holds a non-printable character, or changes length when upper-cased (``ß`` -> ``SS``
     would make two different symbols one).
     """
-    folded = unicodedata.normalize("NFKC", value.strip())
-    upper = unicodedata.normalize("NFKC", folded.upper())
+    stripped = value.strip()
+    if stripped.isascii():  # the common case: NFKC and upper() keep ASCII's length
+        folded = upper = stripped.upper()
+    else:
+        folded = unicodedata.normalize("NFKC", stripped)
+        upper = unicodedata.normalize("NFKC", folded.upper())
     if not 1 <= len(upper) <= SYMBOL_MAX_LENGTH:
         raise ValueError(
             f"symbol must be 1 to {SYMBOL_MAX_LENGTH} characters after stripping, got {value!r}"

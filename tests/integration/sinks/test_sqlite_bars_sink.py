@@ -547,3 +547,26 @@ async def test_writes_leave_the_garbage_collector_enabled(sink: SqliteBarsSink) 
     with pytest.raises(PermanentSinkError):
         await sink.write([invalid_bar(low=1e9)])
     assert gc.isenabled()
+
+
+async def test_iter_bars_holds_one_page_at_a_time(
+    sink: SqliteBarsSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """iter_bars fetches at most page_size rows per query, and the next page only when the
+    consumer has taken the previous one."""
+    await sink.write(make_bars(100, symbols=1))
+    pages: list[int] = []
+    select = sink._select
+
+    def recording_select(sql: str, params: dict[str, Any]) -> list[Bar]:
+        page = select(sql, params)
+        pages.append(len(page))
+        return page
+
+    monkeypatch.setattr(sink, "_select", recording_select)
+    bars = sink.iter_bars("SYM0", "1m", page_size=30)
+    first = [await anext(bars) for _ in range(30)]
+    assert pages == [30]
+    rest = [bar async for bar in bars]
+    assert pages == [30, 30, 30, 10]
+    assert first + rest == make_bars(100, symbols=1)
