@@ -74,9 +74,8 @@ ON CONFLICT ({", ".join(KEY_COLUMNS)}) DO UPDATE SET
 WHERE (t.open, t.high, t.low, t.close, t.volume)
     IS DISTINCT FROM (excluded.open, excluded.high, excluded.low, excluded.close, excluded.volume)
 """
-# Reads: every query is an index range scan of the (symbol, timeframe, ts, vendor) key, in
-# key order, so no sort. $1 symbol, $2 timeframe, then the optional bounds.
-# A series read leaves out symbol and timeframe, which every row of it shares.
+# Reads search the (symbol, timeframe, ts, vendor) key; $1 symbol, $2 timeframe, then the
+# optional bounds. A series read leaves out symbol and timeframe, which all its rows share.
 SELECT_SERIES = (
     f"SELECT {', '.join(SERIES_FIELDS)} FROM {TABLE} WHERE symbol = $1 AND timeframe = $2"
 )
@@ -94,7 +93,7 @@ _tzinfo = attrgetter("tzinfo")
 
 
 def pg_rows(batch: Sequence[Any]) -> list[PgRow]:
-    """COPY records: each bar's fields in table order.
+    """Each bar's fields in table order (the merge path's arrays, benchmarks' bare COPY).
 
     Raises ``ValueError`` on a naive ``ts`` (possible only for a bar built without
     validation), which asyncpg would otherwise silently take for UTC.
@@ -103,11 +102,6 @@ def pg_rows(batch: Sequence[Any]) -> list[PgRow]:
     if None in map(_tzinfo, (row[3] for row in rows)):
         raise ValueError("ts has no timezone")
     return rows
-
-
-def pg_row(bar: Bar) -> PgRow:
-    """The COPY record of one bar."""
-    return pg_rows((bar,))[0]
 
 
 def last_per_key(rows: list[PgRow]) -> list[PgRow]:
