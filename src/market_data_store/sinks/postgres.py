@@ -1,97 +1,107 @@
 """``PostgresBarsSink``: bars into PostgreSQL (TimescaleDB hypertable where available).
 
 Needs the ``postgres`` extra: asyncpg, imported when the sink opens. A pool of connections
-serves concurrent ``write()`` calls. Each batch is bulk loaded with binary COPY straight into
-the table (one statement, so one transaction); if that hits an existing key (a replayed or
-overlapping batch), the batch is instead copied into a temporary table and merged with one
-``INSERT ... ON CONFLICT DO UPDATE`` that skips rows whose values are unchanged, so a replayed
-batch changes nothing. Rows are handed to COPY as the bars' own attribute tuples: ``ts`` is a
-UTC datetime that asyncpg encodes as timestamptz, with no per-row Python work beyond that.
+serves concurrent ``write()`` calls and reads. Each batch is bulk loaded with binary COPY
+straight into the table (one statement, so one transaction); if that hits an existing key (a
+replayed or overlapping batch), the batch is instead passed as one array per column to one
+``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE`` that skips rows whose values are
+unchanged, so a replayed batch changes nothing. The COPY data is encoded here (``_pg_copy``),
+reusing each batch's repeated symbols and timestamps.
 
-Errors: lost connections, a server shutting down or starting up, deadlocks, lock timeouts
-and resource exhaustion raise ``RetryableSinkError`` (a broken connection is discarded and
-the pool replaces it); invalid bars and data the server rejects raise ``PermanentSinkError``.
+Schema, key and versions: see ``_pg_schema``. Errors: see ``_pg_errors`` (only a batch's own
+bad data is a ``PermanentSinkError``; everything else, unknown exceptions included, is a
+``RetryableSinkError``). A password in the DSN never appears in a log line or an error
+message of the sink.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import datetime
 from operator import attrgetter
 from typing import Any
 
 from loguru import logger
 
 from market_data_store._context import AsyncOpenClose
-from market_data_store.coordinator.types import PermanentSinkError, RetryableSinkError, SinkError
+from market_data_store.coordinator.types import ConfigError, SinkError
 from market_data_store.sinks._lifecycle import Lifecycle, SinkState
 from market_data_store.sinks._metrics import SinkMetrics
-from market_data_store.sinks._rows import rows_of
-from market_data_store.sinks.bar import BAR_FIELDS, Bar
+from market_data_store.sinks._pg_copy import copy_payload
+from market_data_store.sinks._pg_errors import Redactor, classify
+from market_data_store.sinks._pg_schema import (
+    CREATE_TABLE,
+    KEY_COLUMNS,
+    SCHEMA_VERSION,
+    TABLE,
+    ensure_schema,
+)
+from market_data_store.sinks._read import (
+    DEFAULT_PAGE_SIZE,
+    check_limit,
+    check_read_args,
+    check_symbols,
+    check_timeframe,
+    check_vendor,
+)
+from market_data_store.sinks._rows import CONVERSION_ERRORS, rows_of
+from market_data_store.sinks.bar import (
+    BAR_FIELDS,
+    SERIES_FIELDS,
+    Bar,
+    bars_from_rows,
+    bars_of_series,
+)
 
 PgRow = tuple[Any, ...]
 
-TABLE = "bars"
-STAGE_TABLE = "mds_bars_stage"
+SCHEMA = CREATE_TABLE  # the current table's DDL (benchmarks create it bare)
 COLUMNS = ", ".join(BAR_FIELDS)
-SCHEMA_LOCK_KEY = 0x6D64735F62617273  # pg_advisory_xact_lock key: "mds_bars"
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    vendor    text             NOT NULL,
-    symbol    text             NOT NULL,
-    timeframe text             NOT NULL,
-    ts        timestamptz      NOT NULL,
-    open      double precision NOT NULL,
-    high      double precision NOT NULL,
-    low       double precision NOT NULL,
-    close     double precision NOT NULL,
-    volume    double precision NOT NULL,
-    PRIMARY KEY (vendor, symbol, timeframe, ts),
-    CHECK (low <= open AND low <= close AND open <= high AND close <= high),
-    CHECK (low > '-Infinity' AND high < 'Infinity'),
-    CHECK (volume >= 0 AND volume < 'Infinity')
-)
-"""
-CREATE_STAGE = (
-    f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE_TABLE} "
-    f"(LIKE {TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-)
-MERGE_STAGE = f"""
+COLUMN_TYPES = ("text", "text", "text", "timestamptz") + ("float8",) * 5
+# The conflict path: the batch as one array per column, upserted by one statement (no
+# temporary table, so no TEMP privilege needed); unchanged rows are not rewritten.
+MERGE_ARRAYS = f"""
 INSERT INTO {TABLE} AS t ({COLUMNS})
-SELECT {COLUMNS} FROM {STAGE_TABLE} ORDER BY vendor, symbol, timeframe, ts
-ON CONFLICT (vendor, symbol, timeframe, ts) DO UPDATE SET
+SELECT * FROM unnest({", ".join(f"${i}::{kind}[]" for i, kind in enumerate(COLUMN_TYPES, 1))})
+    AS s({COLUMNS})
+ORDER BY {", ".join(KEY_COLUMNS)}
+ON CONFLICT ({", ".join(KEY_COLUMNS)}) DO UPDATE SET
     open = excluded.open, high = excluded.high, low = excluded.low,
     close = excluded.close, volume = excluded.volume
 WHERE (t.open, t.high, t.low, t.close, t.volume)
     IS DISTINCT FROM (excluded.open, excluded.high, excluded.low, excluded.close, excluded.volume)
 """
-
-# SQLSTATE classes worth retrying: connection exception, transaction rollback (deadlock,
-# serialization), insufficient resources, lock not available, operator intervention
-# (shutdown, starting up, statement timeout), system error.
-RETRYABLE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58"})
-# Of those, the ones after which the connection cannot be trusted.
-BROKEN_CONNECTION_CLASSES = frozenset({"08", "57"})
+# Reads search the (symbol, timeframe, ts, vendor) key; $1 symbol, $2 timeframe, then the
+# optional bounds. A series read leaves out symbol and timeframe, which all its rows share.
+SELECT_SERIES = (
+    f"SELECT {', '.join(SERIES_FIELDS)} FROM {TABLE} WHERE symbol = $1 AND timeframe = $2"
+)
+SELECT_LATEST = f"""
+SELECT b.* FROM unnest($1::text[]) AS wanted(symbol)
+CROSS JOIN LATERAL (
+    SELECT {COLUMNS} FROM {TABLE}
+    WHERE symbol = wanted.symbol AND timeframe = $2 AND ($3::text IS NULL OR vendor = $3)
+    ORDER BY ts DESC, vendor DESC LIMIT 1
+) AS b
+"""
 
 _bar_values = attrgetter(*BAR_FIELDS)
+_tzinfo = attrgetter("tzinfo")
 
 
 def pg_rows(batch: Sequence[Any]) -> list[PgRow]:
-    """COPY records: each bar's fields in table order.
+    """Each bar's fields in table order (the merge path's arrays, benchmarks' bare COPY).
 
     Raises ``ValueError`` on a naive ``ts`` (possible only for a bar built without
     validation), which asyncpg would otherwise silently take for UTC.
     """
     rows = list(map(_bar_values, batch))
-    if any(row[3].tzinfo is None for row in rows):
+    if None in map(_tzinfo, (row[3] for row in rows)):
         raise ValueError("ts has no timezone")
     return rows
-
-
-def pg_row(bar: Bar) -> PgRow:
-    """The COPY record of one bar."""
-    return pg_rows((bar,))[0]
 
 
 def last_per_key(rows: list[PgRow]) -> list[PgRow]:
@@ -99,26 +109,64 @@ def last_per_key(rows: list[PgRow]) -> list[PgRow]:
     return list({row[:4]: row for row in rows}.values())
 
 
-def classify_postgres_error(exc: BaseException) -> tuple[SinkError, bool] | None:
-    """``(sink error, connection broken)`` for an asyncpg or network error, else None."""
-    import asyncpg
-    from asyncpg.exceptions import _base as asyncpg_base
+def batch_payload(batch: Sequence[Any]) -> tuple[bytes, Sequence[Bar]]:
+    """``(binary COPY payload, bars)`` of ``batch``.
 
-    if isinstance(exc, asyncpg.PostgresError):
-        sqlstate = str(getattr(exc, "sqlstate", "") or "")
-        klass = sqlstate[:2]
-        if klass in RETRYABLE_SQLSTATE_CLASSES:
-            error: SinkError = RetryableSinkError(f"PostgreSQL {sqlstate}: {exc}")
-            return error, klass in BROKEN_CONNECTION_CLASSES
-        return PermanentSinkError(f"PostgreSQL rejected the batch ({sqlstate}): {exc}"), False
-    if isinstance(exc, asyncpg_base.DataError):
-        # Raised by the client when a value cannot be encoded for its column.
-        return PermanentSinkError(f"a bar could not be encoded: {exc}"), False
-    if isinstance(exc, asyncpg.InterfaceError | OSError | TimeoutError):
-        return RetryableSinkError(f"PostgreSQL connection: {type(exc).__name__}: {exc}"), True
-    if isinstance(exc, TypeError | ValueError):
-        return PermanentSinkError(f"a bar could not be encoded: {type(exc).__name__}: {exc}"), False
-    return None
+    Bars are encoded as they are; when that fails (an item that is a dict, or not a valid
+    bar), each item is validated as a ``Bar`` and encoded alone, so the
+    ``PermanentSinkError`` names the first bad one.
+    """
+    try:
+        return copy_payload(batch), batch
+    except CONVERSION_ERRORS:
+        bars = rows_of(batch, _each_item, _encodable)
+        return copy_payload(bars), bars
+
+
+def _each_item(batch: Sequence[Any]) -> list[Bar]:
+    raise TypeError("check each item")  # sends rows_of down its item-by-item path
+
+
+def _encodable(bar: Bar) -> Bar:
+    copy_payload((bar,))
+    return bar
+
+
+def range_query(
+    start: datetime | None,
+    end: datetime | None,
+    vendor: str | None,
+    after: tuple[datetime, str] | None,
+    limit: int | None,
+) -> tuple[str, list[Any]]:
+    """SQL and the arguments after ``$1, $2`` for a series read in ``(ts, vendor)`` order.
+
+    ``after`` is the key of the last bar of the previous page (keyset pagination).
+    """
+    sql, args = [SELECT_SERIES], []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args) + 2}"
+
+    if vendor is not None:
+        sql.append(f"AND vendor = {arg(vendor)}")
+    if start is not None:
+        sql.append(f"AND ts >= {arg(start)}")
+    if end is not None:
+        sql.append(f"AND ts < {arg(end)}")
+    if after is not None:
+        sql.append(f"AND (ts, vendor) > ({arg(after[0])}, {arg(after[1])})")
+    sql.append("ORDER BY ts, vendor")
+    if limit is not None:
+        sql.append(f"LIMIT {arg(limit)}")
+    return " ".join(sql), args
+
+
+def check_seconds(name: str, value: float) -> None:
+    """Raise ``ConfigError`` naming ``name`` unless ``0 < value < inf`` (NaN included)."""
+    if not 0 < value < math.inf:
+        raise ConfigError(f"{name} must be seconds with 0 < {name} < inf, got {value!r}")
 
 
 async def _keep_session(connection: Any) -> None:
@@ -126,13 +174,20 @@ async def _keep_session(connection: Any) -> None:
 
 
 class PostgresBarsSink(AsyncOpenClose):
-    """Writes ``Bar`` batches into the PostgreSQL database at ``dsn`` (table ``bars``).
+    """Writes ``Bar`` batches into the PostgreSQL database at ``dsn`` (table ``bars``) and
+    reads them back.
 
     Use as ``async with PostgresBarsSink(dsn) as sink:``, or ``await open()`` / ``close()``.
-    The pool holds ``min_size`` to ``max_size`` connections (give it one per coordinator
-    worker). ``hypertable``: None makes the table a TimescaleDB hypertable when the extension
-    is available and leaves it plain otherwise; True requires it; False never tries.
-    ``command_timeout`` (seconds) bounds each statement. ``name`` labels metrics and logs.
+    ``state`` is ``SinkState.NEW`` / ``OPEN`` / ``CLOSED`` (``is_open`` is True only while
+    open). The pool holds ``min_size`` to ``max_size`` connections: give it one per
+    coordinator worker (the default 4 matches the coordinator's default ``workers``);
+    ``min_size=None`` (default) opens all ``max_size`` at ``open()``, so the first batches
+    do not wait for connections to be set up. ``hypertable``: None makes a new table a
+    TimescaleDB hypertable when the extension is available and leaves it plain otherwise;
+    True requires it; False never tries. ``command_timeout`` and ``close_timeout`` (seconds,
+    finite, > 0) bound each statement and ``close()``. ``name`` labels metrics and logs.
+    Opening creates the schema, migrates a database of an older release in place, and
+    refuses one of a newer release (``SchemaVersionError``).
     """
 
     def __init__(
@@ -140,20 +195,26 @@ class PostgresBarsSink(AsyncOpenClose):
         dsn: str,
         *,
         name: str = "postgres",
-        min_size: int = 1,
+        min_size: int | None = None,
         max_size: int = 4,
         command_timeout: float | None = 60.0,
         close_timeout: float = 10.0,
         hypertable: bool | None = None,
     ) -> None:
+        if min_size is None:
+            min_size = max_size
         if not 0 <= min_size <= max_size or max_size < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"pool sizes must satisfy 0 <= min_size <= max_size and max_size >= 1, "
                 f"got min_size={min_size!r}, max_size={max_size!r}"
             )
+        if command_timeout is not None:
+            check_seconds("command_timeout", command_timeout)
+        check_seconds("close_timeout", close_timeout)
         self.dsn = dsn
         self.name = name
         self.is_hypertable = False
+        self._redact = Redactor(dsn)
         self._min_size = min_size
         self._max_size = max_size
         self._command_timeout = command_timeout
@@ -163,13 +224,21 @@ class PostgresBarsSink(AsyncOpenClose):
         self._metrics = SinkMetrics(name)
         self._pool: Any = None
 
+    def __repr__(self) -> str:
+        return f"PostgresBarsSink({self._redact(self.dsn)!r}, name={self.name!r})"
+
     @property
     def state(self) -> SinkState:
         """``new``, ``open`` or ``closed``."""
         return self._lifecycle.state
 
+    @property
+    def is_open(self) -> bool:
+        """True between a successful ``open()`` and ``close()``: the sink takes writes."""
+        return self._lifecycle.state is SinkState.OPEN
+
     async def open(self) -> None:
-        """Create the pool and the table (a hypertable where TimescaleDB allows)."""
+        """Create the pool, then create or migrate the schema (a hypertable where allowed)."""
         self._lifecycle.check_can_open()
         try:
             import asyncpg
@@ -177,23 +246,35 @@ class PostgresBarsSink(AsyncOpenClose):
             raise ImportError(
                 "PostgresBarsSink needs asyncpg: pip install 'market-data-store[postgres]'"
             ) from exc
-
-        pool = await asyncpg.create_pool(
-            self.dsn,
-            min_size=self._min_size,
-            max_size=self._max_size,
-            command_timeout=self._command_timeout,
-            reset=_keep_session,
-        )
+        where = f"PostgreSQL database {self._redact(self.dsn)}"
+        try:
+            pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                command_timeout=self._command_timeout,
+                reset=_keep_session,
+            )
+        except Exception as exc:
+            logger.warning("sink {} cannot connect to {}: {}", self.name, where, self._text(exc))
+            raise classify(exc, self._redact)[0] from None
         try:
             async with pool.acquire() as conn:
-                await self._create_schema(conn)
+                found = await ensure_schema(conn, where)
+                await self._setup_hypertable(conn, created=found == 0)
         except BaseException:
             await pool.close()
             raise
         self._pool = pool
         self._lifecycle.state = SinkState.OPEN
-        logger.debug("sink {} opened (hypertable={})", self.name, self.is_hypertable)
+        logger.debug(
+            "sink {} opened {} (schema version {} -> {}, hypertable={})",
+            self.name,
+            where,
+            found,
+            SCHEMA_VERSION,
+            self.is_hypertable,
+        )
 
     async def close(self) -> None:
         """Wait for writes in flight, then close the pool. Idempotent."""
@@ -218,8 +299,8 @@ class PostgresBarsSink(AsyncOpenClose):
         self._lifecycle.check_open()
         started = time.perf_counter()
         try:
-            rows = rows_of(batch, pg_rows, pg_row)
-            await self._copy(rows)
+            payload, bars = batch_payload(batch)
+            await self._copy(payload, bars)
         except SinkError as exc:
             self._metrics.failed(exc)
             logger.warning("sink {} failed a batch of {} bars: {}", self.name, len(batch), exc)
@@ -228,50 +309,166 @@ class PostgresBarsSink(AsyncOpenClose):
 
     async def count(self) -> int:
         """Number of rows in the table."""
+        return int(await self._fetchval(f"SELECT count(*) FROM {TABLE}"))
+
+    async def read(
+        self,
+        symbol: str,
+        timeframe: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        vendor: str | None = None,
+        limit: int | None = None,
+    ) -> list[Bar]:
+        """The bars of ``symbol`` and ``timeframe`` with ``start <= ts < end``, ascending.
+
+        ``start``/``end`` None leave that side open; ``vendor=None`` reads every vendor, ties
+        on ``ts`` ordered by vendor; ``limit`` keeps the first ``limit`` bars. ``symbol`` is
+        normalised as ``Bar`` does. Raises ``ConfigError`` for arguments that make no sense
+        (start after end, a naive datetime, limit < 1).
+        """
+        symbol, timeframe, vendor = check_read_args(
+            symbol, timeframe, start, end, vendor=vendor, limit=limit
+        )
+        sql, args = range_query(start, end, vendor, None, limit)
+        rows = await self._fetch(sql, symbol, timeframe, *args)
+        return bars_of_series(symbol, timeframe, rows)
+
+    def iter_bars(
+        self,
+        symbol: str,
+        timeframe: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        vendor: str | None = None,
+        limit: int | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> AsyncIterator[Bar]:
+        """The bars ``read`` returns, as an async iterator fetching ``page_size`` at a time.
+
+        Memory stays bounded by one page. Each page starts after the last ``(ts, vendor)``
+        seen, so a bar never appears twice, whatever is written meanwhile. Arguments are
+        checked here, when called, not at the first iteration.
+        """
+        check_limit("page_size", page_size)
+        symbol, timeframe, vendor = check_read_args(
+            symbol, timeframe, start, end, vendor=vendor, limit=limit
+        )
+        return self._pages(symbol, timeframe, start, end, vendor, limit, page_size)
+
+    async def latest(
+        self, symbols: Iterable[str], timeframe: str, *, vendor: str | None = None
+    ) -> dict[str, Bar]:
+        """The newest bar of each symbol (normalised as ``Bar`` does) for ``timeframe``.
+
+        Symbols without a bar are left out. With ``vendor=None`` the newest bar of any
+        vendor; of vendors tied on ``ts``, the one ``read`` returns last.
+        """
+        wanted = check_symbols(symbols)
+        frame, source = check_timeframe(timeframe), check_vendor(vendor)
+        if not wanted:
+            self._lifecycle.check_open()
+            return {}
+        bars = bars_from_rows(await self._fetch(SELECT_LATEST, wanted, frame, source))
+        return {bar.symbol: bar for bar in bars}
+
+    async def _pages(
+        self,
+        symbol: str,
+        timeframe: str,
+        start: datetime | None,
+        end: datetime | None,
+        vendor: str | None,
+        limit: int | None,
+        page_size: int,
+    ) -> AsyncIterator[Bar]:
+        after: tuple[datetime, str] | None = None
+        remaining = limit
+        while remaining is None or remaining > 0:
+            wanted = page_size if remaining is None else min(page_size, remaining)
+            sql, args = range_query(start, end, vendor, after, wanted)
+            rows = await self._fetch(sql, symbol, timeframe, *args)
+            page = bars_of_series(symbol, timeframe, rows)
+            for bar in page:
+                yield bar
+            if len(page) < wanted:
+                return
+            if remaining is not None:
+                remaining -= len(page)
+            after = (page[-1].ts, page[-1].vendor)
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         self._lifecycle.check_open()
         try:
             async with self._pool.acquire() as conn:
-                return int(await conn.fetchval(f"SELECT count(*) FROM {TABLE}"))
+                rows: list[Any] = await conn.fetch(sql, *args)
+                return rows
         except Exception as exc:
-            raise await self._sink_error(exc) from exc
+            raise await self._sink_error(exc) from None
 
-    async def _copy(self, rows: list[PgRow]) -> None:
+    async def _fetchval(self, sql: str, *args: Any) -> Any:
+        self._lifecycle.check_open()
+        try:
+            async with self._pool.acquire() as conn:
+                return await conn.fetchval(sql, *args)
+        except Exception as exc:
+            raise await self._sink_error(exc) from None
+
+    async def _copy(self, payload: bytes, bars: Sequence[Bar]) -> None:
+        # A memoryview: asyncpg would take plain bytes for a file name.
         from asyncpg.exceptions import UniqueViolationError
 
         try:
             async with self._pool.acquire() as conn:
                 try:
-                    await conn.copy_records_to_table(TABLE, records=rows, columns=BAR_FIELDS)
+                    await conn.copy_to_table(
+                        TABLE, source=memoryview(payload), columns=BAR_FIELDS, format="binary"
+                    )
                 except UniqueViolationError:
-                    await self._merge(conn, rows)
+                    await self._merge(conn, bars)
         except Exception as exc:
-            raise await self._sink_error(exc) from exc
+            raise await self._sink_error(exc) from None
 
-    async def _merge(self, conn: Any, rows: list[PgRow]) -> None:
-        async with conn.transaction():
-            await conn.execute(CREATE_STAGE)
-            await conn.copy_records_to_table(
-                STAGE_TABLE, records=last_per_key(rows), columns=BAR_FIELDS
-            )
-            await conn.execute(MERGE_STAGE)
+    async def _merge(self, conn: Any, bars: Sequence[Bar]) -> None:
+        rows = last_per_key(pg_rows(bars))
+        await conn.execute(MERGE_ARRAYS, *map(list, zip(*rows, strict=True)))
 
-    async def _sink_error(self, exc: Exception) -> Exception:
-        classified = classify_postgres_error(exc)
-        if classified is None:
-            return exc if isinstance(exc, SinkError) else PermanentSinkError(repr(exc))
-        error, broken = classified
+    async def _sink_error(self, exc: Exception) -> SinkError:
+        """The sink error for ``exc`` (its message masked); lets the pool replace broken
+        connections."""
+        error, broken = classify(exc, self._redact)
         if broken and self._pool is not None:
             # Idle connections were most likely broken by the same event (server restart):
             # have the pool replace every one of them on its next acquire.
             await self._pool.expire_connections()
         return error
 
-    async def _create_schema(self, conn: Any) -> None:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK_KEY)
-            await conn.execute(SCHEMA)
-        if self._hypertable is not False:
-            self.is_hypertable = await self._make_hypertable(conn)
+    def _text(self, exc: BaseException) -> str:
+        return self._redact(f"{type(exc).__name__}: {exc}")
+
+    async def _setup_hypertable(self, conn: Any, *, created: bool) -> None:
+        if self._hypertable is False:
+            return
+        self.is_hypertable = await self._is_hypertable(conn)
+        if self.is_hypertable or not (created or self._hypertable):
+            return  # an existing plain table stays plain unless hypertable=True asks
+        self.is_hypertable = await self._make_hypertable(conn)
+
+    async def _is_hypertable(self, conn: Any) -> bool:
+        installed = await conn.fetchval(
+            "SELECT count(*) > 0 FROM pg_extension WHERE extname = 'timescaledb'"
+        )
+        if not installed:
+            return False
+        return bool(
+            await conn.fetchval(
+                "SELECT count(*) > 0 FROM timescaledb_information.hypertables "
+                "WHERE hypertable_name = $1",
+                TABLE,
+            )
+        )
 
     async def _make_hypertable(self, conn: Any) -> bool:
         import asyncpg
@@ -294,6 +491,8 @@ class PostgresBarsSink(AsyncOpenClose):
         except asyncpg.PostgresError as exc:
             if self._hypertable:
                 raise
-            logger.warning("sink {}: keeping a plain table, no hypertable: {}", self.name, exc)
+            logger.warning(
+                "sink {}: keeping a plain table, no hypertable: {}", self.name, self._text(exc)
+            )
             return False
         return True

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from sink_helpers import invalid_bar, make_bars, wait_until
 
-from market_data_store.coordinator.types import PermanentSinkError, RetryableSinkError, Sink
+from market_data_store.coordinator.types import (
+    ConfigError,
+    PermanentSinkError,
+    RetryableSinkError,
+    Sink,
+)
 from market_data_store.sinks import Bar, PostgresBarsSink, SinkState
 from market_data_store.testing.postgres import PostgresServer
 
@@ -210,9 +216,84 @@ async def test_rows_survive_a_new_sink(pg_dsn: str) -> None:
         assert await second.count() == 9
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("command_timeout", float("nan")),
+        ("command_timeout", 0.0),
+        ("command_timeout", float("inf")),
+        ("close_timeout", -1.0),
+        ("close_timeout", float("nan")),
+    ],
+)
+def test_bad_timeouts_are_rejected_at_construction_naming_the_argument(
+    option: str, value: float
+) -> None:
+    """A timeout that is NaN, infinite, zero or negative is a ConfigError naming it."""
+    with pytest.raises(ConfigError, match=rf"{option} must be seconds with 0 < {option} < inf"):
+        PostgresBarsSink("postgresql://x", **{option: value})
+
+
+async def test_open_sets_up_one_connection_per_default_worker(sink: PostgresBarsSink) -> None:
+    """By default the pool opens all 4 connections (the coordinator's default workers) at once."""
+    assert sink._pool.get_size() == 4
+    assert sink._pool.get_idle_size() == 4
+
+
 def test_bad_pool_sizes_are_rejected_at_construction() -> None:
     """min_size > max_size or max_size < 1 fails at construction."""
     with pytest.raises(ValueError, match="min_size"):
         PostgresBarsSink("postgresql://x", min_size=3, max_size=2)
     with pytest.raises(ValueError, match="max_size"):
         PostgresBarsSink("postgresql://x", min_size=0, max_size=0)
+
+
+async def test_the_binary_copy_encoding_round_trips_edge_values(sink: PostgresBarsSink) -> None:
+    """The sink's COPY encoder round trips edge timestamps, zones, non-ASCII text and prices."""
+    zone = timezone(timedelta(hours=-5, minutes=-30))
+    stamps = [
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2000, 1, 1, tzinfo=UTC),
+        datetime(2024, 3, 10, 1, 59, 59, 123_456, tzinfo=zone),
+        datetime(2262, 4, 11, 23, 47, 16, 854_775, tzinfo=UTC),
+    ]
+    bars = [
+        Bar(
+            vendor="börse-ß",
+            symbol=f"ÄB{i}",
+            timeframe="1m",
+            ts=ts,
+            open=1e-300,
+            high=1.7e308,
+            low=-1.7e308,
+            close=-0.0,
+            volume=12,
+        )
+        for i, ts in enumerate(stamps)
+    ]
+    await sink.write(bars)
+    read = [bar for b in bars for bar in await sink.read(b.symbol, "1m")]
+    assert read == bars
+    assert all(bar.ts.tzinfo is UTC for bar in read)
+
+
+async def test_iter_bars_holds_at_most_one_page_of_rows(
+    sink: PostgresBarsSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """iter_bars fetches page_size rows per query (bounded memory) and yields every bar once."""
+    bars = make_bars(100, symbols=1)
+    await sink.write(bars)
+    fetched: list[int] = []
+    real_fetch = sink._fetch
+
+    async def counting_fetch(sql: str, *args: Any) -> list[Any]:
+        rows = await real_fetch(sql, *args)
+        fetched.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(sink, "_fetch", counting_fetch)
+    got = [bar async for bar in sink.iter_bars("SYM0", "1m", page_size=7)]
+    assert got == bars
+    assert max(fetched) == 7
+    assert sum(fetched) == 100
