@@ -48,8 +48,8 @@ from market_data_store.coordinator import (
     WriteCoordinator,
     feedback_bus,
 )
-from market_data_store.feedback.http_broadcast import HttpFeedbackBroadcaster
 from market_data_store.feedback.rate_controller import RateController
+from market_data_store.feedback.settings import FeedbackSettings
 from market_data_store.sinks import Bar, SqliteBarsSink
 
 DEFAULT_SYMBOLS = "AAPL,MSFT,NVDA,AMZN,GOOG,TSLA"
@@ -154,6 +154,27 @@ def chart(samples: list[tuple[float, int]], capacity: int, high: int, low: int) 
     return "\n".join(rows)
 
 
+async def read_back(sink: Any, symbol: str, count: int = 5) -> list[Bar]:
+    """The newest ``count`` one-second bars of ``symbol``, through the sink's read API."""
+    newest = (await sink.latest([symbol], "1s")).get(symbol)
+    if newest is None:
+        return []
+    start = newest.ts - timedelta(seconds=count - 1)
+    bars: list[Bar] = await sink.read(symbol, "1s", start, newest.ts + timedelta(seconds=1))
+    return bars[-count:]
+
+
+def bar_table(bars: Sequence[Bar]) -> str:
+    """Bars as a small fixed-width table."""
+    rows = [f"  {'ts (UTC)':<32} {'open':>9} {'high':>9} {'low':>9} {'close':>9} {'volume':>8}"]
+    for bar in bars:
+        rows.append(
+            f"  {bar.ts.isoformat(timespec='microseconds'):<32} {bar.open:>9.2f} "
+            f"{bar.high:>9.2f} {bar.low:>9.2f} {bar.close:>9.2f} {bar.volume:>8,.0f}"
+        )
+    return "\n".join(rows)
+
+
 async def run(args: argparse.Namespace) -> int:
     symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
     if args.postgres_dsn:
@@ -188,13 +209,12 @@ async def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    broadcaster = HttpFeedbackBroadcaster.from_settings()
     dlq: DeadLetterQueue[Bar] = DeadLetterQueue(args.dlq)
+    settings = FeedbackSettings()
     async with real_sink, controller:
         bus.subscribe(print_transition)
-        if broadcaster is not None:
-            await broadcaster.start()
-            print(f"webhook broadcast on: {broadcaster.url}")
+        if settings.enable_http_broadcast:  # started by the coordinator: nothing to do here
+            print("webhook broadcast enabled by MDS_FB_* settings (auto-wired at start)")
         rows_before = await real_sink.count()
         coordinator: WriteCoordinator[Bar] = WriteCoordinator(
             sink=StallingSink(real_sink, args.stall_every, args.stall_sec),
@@ -238,9 +258,8 @@ async def run(args: argparse.Namespace) -> int:
             print(f"  t={log.elapsed():5.1f}s  producer done; draining the queue")
         await bus.flush()
         bus.unsubscribe(print_transition)
-        if broadcaster is not None:
-            await broadcaster.stop()
         stored = await real_sink.count()
+        last_bars = await read_back(real_sink, symbols[0])
 
     stats = coordinator.stats()
     peak = max((d for _, d in log.depth), default=0)
@@ -260,6 +279,8 @@ async def run(args: argparse.Namespace) -> int:
     print(f"  peak queue depth    {peak:>10,} of {queue.capacity:,}")
     print("\nqueue depth over time (H = high watermark, L = low watermark)")
     print(chart(log.depth, queue.capacity, queue.high_watermark, queue.low_watermark))
+    print(f"\nlast bars of {symbols[0]} read back with sink.read()")
+    print(bar_table(last_bars))
     accounted = stats.written + stats.dead_lettered + sum(stats.dropped.values())
     if accounted != log.produced:
         print(f"\nACCOUNTING MISMATCH: produced {log.produced}, accounted {accounted}")

@@ -59,6 +59,8 @@ from market_data_store.errors import (
     QueueClosedError,
     QueueFullError,
     RetryableSinkError,
+    SchemaPrivilegeError,
+    SchemaVersionError,
     SinkError,
     WebhookVerificationError,
 )
@@ -99,6 +101,8 @@ __all__ = [
     "RateController",
     "RetryPolicy",
     "RetryableSinkError",
+    "SchemaPrivilegeError",
+    "SchemaVersionError",
     "Sink",
     "SinkError",
     "SqliteBarsSink",

@@ -10,6 +10,8 @@ Every error the library raises on purpose derives from ``MarketDataStoreError``:
     ├── CircuitOpenError                    the circuit breaker refuses a call
     ├── WebhookVerificationError (also ValueError)  a received webhook is not authentic
     ├── InvalidFeedbackError (also ValueError)      a received webhook is not a valid event
+    ├── SchemaVersionError (also RuntimeError)      a database of a newer release: refused
+    ├── SchemaPrivilegeError (also PermissionError) a schema change this role may not make
     └── SinkError                           raised by sinks
         ├── RetryableSinkError              transient: retry the same batch
         └── PermanentSinkError              the batch can never succeed: dead-letter it
@@ -67,3 +69,14 @@ class PermanentSinkError(SinkError):
     """The batch can never succeed (invalid rows): it goes straight to the dead-letter queue."""
 
     retryable = False
+
+
+class SchemaVersionError(MarketDataStoreError, RuntimeError):
+    """The database was written by a newer release of this library than the one opening it.
+
+    Opening it could lose or misread data, so the sink refuses; upgrade the library.
+    """
+
+
+class SchemaPrivilegeError(MarketDataStoreError, PermissionError):
+    """The database needs its schema created or migrated, and this role may not do it."""

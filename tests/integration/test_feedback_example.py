@@ -6,13 +6,15 @@ import os
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "run_coordinator_feedback.py"
 
 
 def test_feedback_example_runs_writes_every_bar_and_reports_levels(tmp_path: Path) -> None:
-    """A short run exits 0, prints level transitions and a summary, and stores every bar."""
+    """A short run exits 0, prints level transitions and a summary, stores every bar, and
+    ends with the newest bars of the first symbol read back through the sink's read API."""
     db = tmp_path / "bars.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MDS_")}
     result = subprocess.run(
@@ -43,6 +45,12 @@ def test_feedback_example_runs_writes_every_bar_and_reports_levels(tmp_path: Pat
     produced = int(out.split("bars produced")[1].split()[0].replace(",", ""))
     with sqlite3.connect(db) as conn:
         stored = conn.execute("SELECT COUNT(*) FROM bars").fetchone()[0]
+        newest_us = conn.execute("SELECT MAX(ts) FROM bars WHERE symbol = 'AAPL'").fetchone()[0]
     conn.close()
     assert produced > 0
     assert stored == produced
+    table = out.split("last bars of AAPL read back with sink.read()\n")[1].splitlines()
+    rows = [line.split() for line in table[1:6]]
+    assert len(rows) == 5 and all(len(row) == 6 for row in rows), out
+    newest = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=newest_us)
+    assert datetime.fromisoformat(rows[-1][0]) == newest

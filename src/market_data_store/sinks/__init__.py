@@ -4,8 +4,8 @@
 this package imports without it.
 """
 
+from market_data_store.errors import SchemaPrivilegeError, SchemaVersionError
 from market_data_store.sinks._lifecycle import SinkState, SinkStateError
-from market_data_store.sinks._schema import SchemaVersionError
 from market_data_store.sinks.bar import Bar
 from market_data_store.sinks.postgres import PostgresBarsSink
 from market_data_store.sinks.sqlite import SqliteBarsSink
@@ -13,6 +13,7 @@ from market_data_store.sinks.sqlite import SqliteBarsSink
 __all__ = [
     "Bar",
     "PostgresBarsSink",
+    "SchemaPrivilegeError",
     "SchemaVersionError",
     "SinkState",
     "SinkStateError",

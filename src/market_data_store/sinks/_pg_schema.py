@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from market_data_store.coordinator.types import MarketDataStoreError
+from market_data_store.errors import SchemaPrivilegeError
 from market_data_store.sinks._schema import check_schema_version
 
 TABLE = "bars"
@@ -59,10 +59,6 @@ ON CONFLICT (component) DO UPDATE SET version = excluded.version
 PRIMARY_KEY_NAME = """
 SELECT conname FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p'
 """
-
-
-class SchemaPrivilegeError(MarketDataStoreError, PermissionError):
-    """The database needs its schema created or migrated, and this role may not do it."""
 
 
 async def found_version(conn: Any) -> int:

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from market_data_store.coordinator.types import MarketDataStoreError
+from market_data_store.errors import SchemaVersionError
 
-
-class SchemaVersionError(MarketDataStoreError, RuntimeError):
-    """The database was written by a newer release of this library than the one opening it.
-
-    Opening it could lose or misread data, so the sink refuses; upgrade the library.
-    """
+__all__ = ["SchemaVersionError", "check_schema_version"]
 
 
 def check_schema_version(found: int, supported: int, where: str) -> None:

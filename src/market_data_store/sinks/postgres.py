@@ -244,7 +244,7 @@ class PostgresBarsSink(AsyncOpenClose):
             import asyncpg
         except ImportError as exc:
             raise ImportError(
-                "PostgresBarsSink needs asyncpg: pip install 'market-data-store[postgres]'"
+                "PostgresBarsSink needs asyncpg: pip install 'market-data-store-asyncio[postgres]'"
             ) from exc
         where = f"PostgreSQL database {self._redact(self.dsn)}"
         try:

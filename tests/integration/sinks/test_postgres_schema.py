@@ -12,8 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from sink_helpers import T0, make_bars
 
-from market_data_store.sinks import PostgresBarsSink, SinkState
-from market_data_store.sinks._pg_schema import SCHEMA_VERSION, VERSION_TABLE, SchemaPrivilegeError
+from market_data_store.sinks import PostgresBarsSink, SchemaPrivilegeError, SinkState
+from market_data_store.sinks._pg_schema import SCHEMA_VERSION, VERSION_TABLE
 from market_data_store.sinks._schema import SchemaVersionError
 from market_data_store.sinks.bar import BAR_FIELDS
 from market_data_store.sinks.postgres import range_query

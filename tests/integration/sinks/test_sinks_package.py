@@ -47,4 +47,4 @@ def test_the_package_imports_without_asyncpg() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert "market-data-store[postgres]" in result.stdout
+    assert "market-data-store-asyncio[postgres]" in result.stdout
