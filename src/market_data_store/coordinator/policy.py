@@ -52,6 +52,15 @@ class RetryPolicy:
     finite (NaN or infinity is a ``ConfigError`` naming the argument). ``max_attempts``
     counts sink calls while the circuit is closed: with the circuit open or half-open a
     batch is never given up for exhausted retries, it waits for the breaker's probes.
+
+    Args:
+        max_attempts: sink calls per batch before it is given up, an int >= 1 (default 5).
+        initial_backoff_ms: wait after the first failure, ms, >= 0 (default 50).
+        max_backoff_ms: cap on any wait, ms, >= ``initial_backoff_ms`` (default 2000).
+        backoff_multiplier: growth of the wait per failed attempt, >= 1.0 (default 2.0).
+        jitter: wait a random time between half and all of the backoff (default True).
+        classify_retryable: ``exc -> bool``, True if retrying may succeed (default
+            ``default_retry_classifier``); not part of equality.
     """
 
     max_attempts: int = 5
@@ -92,6 +101,11 @@ class CircuitBreaker:
     """Opens after ``failure_threshold`` consecutive failed calls; probes once when half-open.
 
     The breaker is synchronous state; ``on_change(old, new)`` is told of every transition.
+
+    Args:
+        failure_threshold: consecutive failed calls that open the circuit, >= 1 (default 5).
+        half_open_after_sec: seconds the circuit stays open before a probe, > 0 (default 60.0).
+        clock: monotonic seconds for those timings (default ``time.monotonic``).
     """
 
     def __init__(

@@ -28,7 +28,31 @@ __all__ = [
 
 
 class CoordinatorRuntimeSettings(MdsSettings):
-    """``WriteCoordinator`` parameters from ``MDS_*`` variables (see ``from_settings``)."""
+    """``WriteCoordinator`` parameters from ``MDS_*`` variables (see ``from_settings``).
+
+    Numbers must be finite. ``retry_*`` fields become the ``RetryPolicy``, ``breaker_*`` the
+    ``CircuitBreaker`` (same units and ranges as there).
+
+    Args:
+        coord_id: ``MDS_COORD_ID``, the id on feedback events and metrics; default "default".
+        capacity: ``MDS_CAPACITY``, the queue's size limit in items; default 10000; > 0.
+        workers: ``MDS_WORKERS``, concurrent sink writers; default 4; 1..1024.
+        batch_size: ``MDS_BATCH_SIZE``; default None (500, or capacity if smaller); 1..capacity.
+        flush_interval: ``MDS_FLUSH_INTERVAL``, seconds; default 0.25; 0 < value <= 3600.
+        max_batch_size: ``MDS_MAX_BATCH_SIZE``; default None (2000, clamped); batch_size..capacity.
+        high_watermark: ``MDS_HIGH_WATERMARK``; default None (80 % of capacity); 1..capacity.
+        low_watermark: ``MDS_LOW_WATERMARK``; default None (capacity // 2, < high); 0..high - 1.
+        recover_watermark: ``MDS_RECOVER_WATERMARK``; default None (see BoundedQueue); 0..low.
+        overflow_strategy: ``MDS_OVERFLOW_STRATEGY``, block, drop_oldest or error; default block.
+        retry_max_attempts: ``MDS_RETRY_MAX_ATTEMPTS``; default 5; >= 1.
+        retry_initial_backoff_ms: ``MDS_RETRY_INITIAL_BACKOFF_MS``; default 50; >= 0.
+        retry_max_backoff_ms: ``MDS_RETRY_MAX_BACKOFF_MS``; default 2000; >= initial backoff.
+        retry_backoff_multiplier: ``MDS_RETRY_BACKOFF_MULTIPLIER``; default 2.0; >= 1.0.
+        retry_jitter: ``MDS_RETRY_JITTER``; default true.
+        breaker_failure_threshold: ``MDS_BREAKER_FAILURE_THRESHOLD``; default 5; >= 1.
+        breaker_half_open_after_sec: ``MDS_BREAKER_HALF_OPEN_AFTER_SEC``; default 60.0; > 0.
+        dlq_path: ``MDS_DLQ_PATH``, the dead-letter NDJSON file; default None (no DLQ).
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="MDS_",

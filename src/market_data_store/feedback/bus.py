@@ -62,9 +62,12 @@ _debug_with_traceback = logger.opt(exception=True).debug
 class FeedbackBus:
     """In-process pub/sub for ``FeedbackEvent``s with isolated, ordered, bounded delivery.
 
-    ``max_backlog``: past this many undelivered events for one subscriber (or in the inbox
-    while no loop runs) the backlog is coalesced to the latest event per coordinator.
     Safe to use from any thread; see the module docstring for how loops are chosen.
+
+    Args:
+        max_backlog: past this many undelivered events for one subscriber (or in the inbox
+            while no loop runs) the backlog is coalesced to the latest event per
+            coordinator; >= 1 (default 256).
     """
 
     def __init__(self, *, max_backlog: int = 256) -> None:

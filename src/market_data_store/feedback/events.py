@@ -18,7 +18,17 @@ class BackpressureLevel(str, Enum):  # noqa: UP042 - the contract spells (str, E
 
 @dataclass(frozen=True, slots=True)
 class FeedbackEvent:
-    """One immutable pressure signal from one coordinator."""
+    """One immutable pressure signal from one coordinator.
+
+    Args:
+        coordinator_id: the coordinator that emitted it.
+        queue_size: items in its queue when emitted.
+        capacity: its queue's capacity in items (``utilization`` is 0.0 when this is 0).
+        level: the pressure level.
+        reason: why, beyond a level change (``"circuit_open"``, ``"stopped"``, ...), or None.
+        ts: when emitted, ``time.time()`` seconds (default: now).
+        seq: one more than the coordinator's previous event (its first is 1); 0 when unnumbered.
+    """
 
     coordinator_id: str
     queue_size: int

@@ -101,14 +101,17 @@ def _classify_status(status: int) -> str:
 class HttpFeedbackBroadcaster(AsyncStartStop):
     """Forwards feedback events to an HTTP endpoint, fire-and-forget, latest per coordinator.
 
-    ``url``: the http(s) endpoint; user info and query never appear in logs.
-    ``timeout``: seconds one POST attempt may take (> 0).
-    ``max_retries``: retries after the first attempt at one event (>= 0).
-    ``secret``: a Standard Webhooks secret (``whsec_`` + base64) to sign requests, or None.
-    ``bus``: the bus to subscribe to (``feedback_bus()`` when None).
-    ``backoff_base``: seconds before the first retry, doubling after; 0 disables waiting.
-    ``max_pending``: how many coordinators may have an event waiting; beyond it the oldest
-    waiting event is dropped.
+    Args:
+        url: the http(s) endpoint, with a host; user info and query never appear in logs.
+        timeout: seconds one POST attempt may take, > 0 (default 2.0).
+        max_retries: retries after the first attempt at one event, an int >= 0 (default 3).
+        secret: a Standard Webhooks secret (``whsec_`` + base64 of >= 16 bytes) to sign
+            requests, or None to send unsigned (default).
+        bus: the bus to subscribe to (``feedback_bus()`` when None).
+        backoff_base: seconds before the first retry, doubling after (capped at
+            ``BACKOFF_CAP``, with jitter), >= 0; 0 disables waiting (default 0.5).
+        max_pending: how many coordinators may have an event waiting, an int >= 1; beyond
+            it the oldest waiting event is dropped (default ``DEFAULT_MAX_PENDING``, 1024).
 
     ``start()`` subscribes to the bus and ``stop(timeout)`` unsubscribes, sends what is
     pending for at most ``timeout`` seconds and closes the client. A stopped broadcaster

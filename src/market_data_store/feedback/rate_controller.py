@@ -156,17 +156,22 @@ def _check_number(
 class RateController(AsyncStartStop):
     """A feedback subscriber that paces a producer: ``await acquire(n)`` before submitting.
 
-    Args (rates in items per second):
+    Rates are items per second.
+
+    Args:
         max_rate: the ceiling, and the rate before any event; 0 < max_rate < inf.
         min_rate: the floor, default 1 % of max_rate; 0 < min_rate <= max_rate.
-        coordinator_ids: the coordinators to obey, default every one on the bus.
-        soft_factor: fallback cut on SOFT when no estimate is possible; 0 < f <= 1.
+        coordinator_ids: the coordinators to obey, a non-empty collection of str ids;
+            default (None) every one on the bus.
+        soft_factor: fallback cut on SOFT when no estimate is possible; 0 < f <= 1
+            (default 0.8).
         hard_factor: fallback cut on HARD, and the least a HARD cut takes;
-            0 < hard_factor <= soft_factor.
+            0 < hard_factor <= soft_factor (default 0.5).
         increase_per_sec: the probe's first step per second while OK and held back,
-            default 1.5 % of max_rate; it doubles every ``PROBE_DOUBLING_SEC`` held back.
+            default 1.5 % of max_rate; it doubles every ``PROBE_DOUBLING_SEC`` held back;
+            0 < value < inf.
         min_decrease_interval: seconds; a fallback SOFT cut needs an OK this long before it,
-            fallback HARD cuts are this far apart; 0 <= value < inf.
+            fallback HARD cuts are this far apart; 0 <= value < inf (default 1.0).
         bus: the bus ``start()`` subscribes to, default ``feedback_bus()``.
         clock: monotonic seconds, default ``time.monotonic`` (tests pass a fake clock).
         sleep: how ``acquire()`` waits, default ``asyncio.sleep`` (tests pass a fake one).

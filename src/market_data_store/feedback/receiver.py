@@ -80,12 +80,15 @@ class _Run:
 class FeedbackReceiver:
     """Verifies webhook deliveries of feedback events and publishes them into a bus.
 
-    ``secret``: the Standard Webhooks secret (``whsec_`` + base64) shared with the
-    broadcaster; None accepts unsigned deliveries (only on a trusted network).
-    ``bus``: where accepted events are published (``feedback_bus()`` when None).
-    ``tolerance_sec``: how far ``webhook-timestamp`` may be from now, either way, and how
-    long a ``webhook-id`` is remembered. ``max_body``: the largest body accepted, in bytes
-    (HTTP 413 beyond). ``clock``: Unix time in seconds, for tests.
+    Args:
+        secret: the Standard Webhooks secret (``whsec_`` + base64 of >= 16 bytes) shared with
+            the broadcaster; None (default) accepts unsigned deliveries (trusted network only).
+        bus: where accepted events are published (``feedback_bus()`` when None).
+        tolerance_sec: how far ``webhook-timestamp`` may be from now, either way, and how
+            long a ``webhook-id`` is remembered; seconds, > 0 and finite (default 300.0).
+        max_body: the largest body accepted, in bytes, an int >= 1 (default 65536); HTTP
+            413 beyond.
+        clock: Unix time in seconds (default ``time.time``; tests pass a fake clock).
     """
 
     def __init__(

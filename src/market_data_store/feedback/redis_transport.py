@@ -116,17 +116,20 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
 class RedisFeedbackPublisher(AsyncStartStop):
     """Publishes every feedback event of the bus to Redis, never making anyone wait.
 
-    ``url``: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` or ``unix://``; the
-    password never reaches a log line.
-    ``channel``: the pub/sub channel; the latest event per coordinator is kept in the hash
-    ``f"{channel}:latest"``.
-    ``bus``: the bus to subscribe to, ``feedback_bus()`` when None.
-    ``max_pending``: events the outbox holds (>= 1); beyond it the outbox keeps only the
-    latest event per coordinator, and beyond that drops the oldest coordinators' events.
-    ``socket_timeout``: seconds one Redis command or connect may take.
-    ``backoff_base`` / ``backoff_cap``: seconds before the first retry after a failure
-    (doubling per failure, jittered) and the longest wait; ``backoff_base=0`` retries at once
-    (tests).
+    Args:
+        url: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` or ``unix://``; the
+            password never reaches a log line.
+        channel: the pub/sub channel, 1-256 printable characters without spaces (default
+            ``"mds:feedback"``); the latest event per coordinator is kept in the hash
+            ``f"{channel}:latest"``.
+        bus: the bus to subscribe to, ``feedback_bus()`` when None.
+        max_pending: events the outbox holds, an int >= 1 (default 10000); beyond it the
+            outbox keeps only the latest event per coordinator, and beyond that drops the
+            oldest coordinators' events.
+        socket_timeout: seconds one Redis command or connect may take, > 0 (default 2.0).
+        backoff_base: seconds before the first retry after a failure, doubling per failure,
+            jittered, >= 0 (default 0.05); 0 retries at once (tests).
+        backoff_cap: the longest wait between retries, seconds, >= 0 (default 1.0).
     """
 
     def __init__(
@@ -360,15 +363,19 @@ class RedisFeedbackPublisher(AsyncStartStop):
 class RedisFeedbackListener(AsyncStartStop):
     """Republishes the feedback events of remote stores from Redis into a local bus.
 
-    ``url``: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` or ``unix://``; the
-    password never reaches a log line.
-    ``channel``: the pub/sub channel the publishers use (hash ``f"{channel}:latest"``).
-    ``bus``: the local bus to publish into, ``feedback_bus()`` when None.
-    ``socket_timeout``: seconds one Redis command or connect may take.
-    ``start_timeout``: how long ``start()`` waits for the first load of the current levels
-    (it returns after that even when Redis is unreachable, and keeps trying).
-    ``backoff_base`` / ``backoff_cap``: seconds before the first reconnect attempt (doubling
-    per failure, jittered) and the longest wait; 0 reconnects at once (tests).
+    Args:
+        url: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` or ``unix://``; the
+            password never reaches a log line.
+        channel: the pub/sub channel the publishers use (hash ``f"{channel}:latest"``),
+            1-256 printable characters without spaces (default ``"mds:feedback"``).
+        bus: the local bus to publish into, ``feedback_bus()`` when None.
+        socket_timeout: seconds one Redis command or connect may take, > 0 (default 2.0).
+        start_timeout: seconds ``start()`` waits for the first load of the current levels,
+            >= 0 (default 2.0); it returns after that even when Redis is unreachable, and
+            keeps trying.
+        backoff_base: seconds before the first reconnect attempt, doubling per failure,
+            jittered, >= 0 (default 0.05); 0 reconnects at once (tests).
+        backoff_cap: the longest wait between reconnect attempts, seconds, >= 0 (default 1.0).
     """
 
     def __init__(

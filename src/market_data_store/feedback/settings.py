@@ -17,7 +17,17 @@ from market_data_store._settings import MdsSettings
 
 
 class FeedbackSettings(MdsSettings):
-    """Webhook broadcast and Redis transport of feedback events, from ``MDS_FB_*`` variables."""
+    """Webhook broadcast and Redis transport of feedback events, from ``MDS_FB_*`` variables.
+
+    Args:
+        enable_http_broadcast: ``MDS_FB_ENABLE_HTTP_BROADCAST``; default false; true needs a URL.
+        feedback_webhook_url: ``MDS_FB_FEEDBACK_WEBHOOK_URL``, http(s) with a host; default None.
+        http_timeout: ``MDS_FB_HTTP_TIMEOUT``, seconds per POST; default 2.0; 0 < value <= 300.
+        http_max_retries: ``MDS_FB_HTTP_MAX_RETRIES``; default 3; 0..100.
+        webhook_secret: ``MDS_FB_WEBHOOK_SECRET``, ``whsec_`` + base64 (>= 16 bytes); default None.
+        redis_url: ``MDS_FB_REDIS_URL``, redis://, rediss:// or unix://; default None (no Redis).
+        redis_channel: ``MDS_FB_REDIS_CHANNEL``; default "mds:feedback"; 1-256 chars, no spaces.
+    """
 
     _prefix: ClassVar[str] = "MDS_FB_"
     model_config = SettingsConfigDict(

@@ -179,15 +179,23 @@ class PostgresBarsSink(AsyncOpenClose):
 
     Use as ``async with PostgresBarsSink(dsn) as sink:``, or ``await open()`` / ``close()``.
     ``state`` is ``SinkState.NEW`` / ``OPEN`` / ``CLOSED`` (``is_open`` is True only while
-    open). The pool holds ``min_size`` to ``max_size`` connections: give it one per
-    coordinator worker (the default 4 matches the coordinator's default ``workers``);
-    ``min_size=None`` (default) opens all ``max_size`` at ``open()``, so the first batches
-    do not wait for connections to be set up. ``hypertable``: None makes a new table a
-    TimescaleDB hypertable when the extension is available and leaves it plain otherwise;
-    True requires it; False never tries. ``command_timeout`` and ``close_timeout`` (seconds,
-    finite, > 0) bound each statement and ``close()``. ``name`` labels metrics and logs.
-    Opening creates the schema, migrates a database of an older release in place, and
+    open). Opening creates the schema, migrates a database of an older release in place, and
     refuses one of a newer release (``SchemaVersionError``).
+
+    Args:
+        dsn: the asyncpg connection string; its password is masked in logs and errors.
+        name: labels the sink's metrics and log lines (default ``"postgres"``).
+        min_size: connections the pool opens at ``open()``, 0 <= min_size <= max_size;
+            None (default) opens all ``max_size``, so the first batches do not wait for them.
+        max_size: the most connections the pool holds, >= 1 (default 4): give it one per
+            coordinator worker (4 matches the coordinator's default ``workers``).
+        command_timeout: seconds one statement may take, 0 < value < inf, or None for no
+            limit (default 60.0).
+        close_timeout: seconds ``close()`` waits for busy connections before terminating
+            the pool, 0 < value < inf (default 10.0).
+        hypertable: None (default) makes a new table a TimescaleDB hypertable when the
+            extension is available and leaves it plain otherwise; True requires it (and
+            converts an existing plain table); False never tries.
     """
 
     def __init__(

@@ -196,10 +196,15 @@ class SqliteBarsSink(AsyncOpenClose):
     them back.
 
     Use as ``async with SqliteBarsSink(path) as sink:``, or ``await open()`` / ``close()``.
-    ``busy_timeout_ms`` is how long one write waits for another process's lock before
-    raising ``RetryableSinkError``; ``synchronous`` is SQLite's durability setting (NORMAL
-    in WAL mode survives a process crash; FULL also survives a power cut, at a cost per
-    commit). ``name`` labels the sink's metrics and log lines.
+
+    Args:
+        path: the database file, created on ``open()`` if missing (its folder must exist).
+        name: labels the sink's metrics and log lines (default ``"sqlite"``).
+        busy_timeout_ms: how long one write waits for another process's lock before raising
+            ``RetryableSinkError``, ms, >= 0 (default 5000).
+        synchronous: SQLite's durability setting, ``"OFF"``, ``"NORMAL"`` (default) or
+            ``"FULL"``: NORMAL in WAL mode survives a process crash; FULL also survives a
+            power cut, at a cost per commit.
     """
 
     def __init__(
