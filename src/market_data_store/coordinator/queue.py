@@ -68,15 +68,30 @@ class _Getter:
 class BoundedQueue(Generic[T]):
     """A bounded FIFO that reports its pressure level (OK / SOFT / HARD) as it fills and drains.
 
-    ``put`` blocks, drops the oldest item or raises ``QueueFullError`` when full, as
-    ``overflow_strategy`` says. ``on_high`` runs on entering HARD and ``on_low`` on HARD -> OK;
-    they and async drop callbacks run in order in a background task, never on the producer.
+    The band between ``recover_watermark`` and ``high_watermark`` keeps the level from
+    flapping. A bad argument is a ``ConfigError`` naming it.
 
-    ``high_watermark``: size at which the level becomes HARD (default 80 % of capacity).
-    ``low_watermark``: size above which OK becomes SOFT (default 50 % of capacity).
-    ``recover_watermark``: size at or below which SOFT and HARD return to OK (default
-    ``max(0, low - max(1, capacity // 20))``; ``0 <= recover_watermark <= low_watermark``).
-    The band between it and ``high_watermark`` keeps the level from flapping.
+    Args:
+        capacity: maximum number of queued items, an int > 0.
+        high_watermark: size at which the level becomes HARD, 0 < high_watermark <= capacity
+            (default None: ``max(1, int(capacity * 0.8))``).
+        low_watermark: size above which OK becomes SOFT, 0 <= low_watermark < high_watermark
+            (default None: ``min(capacity // 2, high_watermark - 1)``).
+        recover_watermark: size at or below which SOFT and HARD return to OK, an int,
+            0 <= recover_watermark <= low_watermark (default None:
+            ``max(0, low - max(1, capacity // 20))``).
+        coord_id: the coordinator id carried by this queue's feedback events (default
+            ``"default"``).
+        overflow_strategy: what a put does when the queue is full: ``"block"`` (default)
+            waits for room, ``"drop_oldest"`` drops the oldest items, ``"error"`` raises
+            ``QueueFullError``.
+        on_high: ``async () -> None`` run on entering HARD (default None).
+        on_low: ``async () -> None`` run on HARD -> OK (default None).
+        drop_callback: called with each item ``"drop_oldest"`` drops, sync or async; while
+            10,000 such calls wait, the oldest is skipped for each new one (default None).
+            Callbacks run in order in a background task, never on the producer; their
+            exceptions are logged.
+        bus: where feedback events are published (default None: the process-wide bus).
     """
 
     def __init__(

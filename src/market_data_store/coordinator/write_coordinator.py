@@ -99,23 +99,54 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
     Lifecycle: new -> running (``start``) -> stopping -> stopped (``stop``); a stopped
     coordinator cannot be restarted. ``async with`` starts and stops it.
 
-    ``recover_watermark``: queue size at or below which SOFT and HARD return to OK (see
-    ``BoundedQueue``; default ``max(0, low - max(1, capacity // 20))``).
-    ``max_batch_size``: while more than ``batch_size * workers`` items are queued, a worker
-    takes up to this many at once (``batch_size <= max_batch_size <= capacity``; default
-    ``DEFAULT_MAX_BATCH_SIZE`` bounded by both); a shallow queue still flushes ``batch_size``
-    or what ``flush_interval`` gathered.
+    Arguments are checked at construction: a bad one is a ``ConfigError`` naming it, and
+    numbers must be finite.
 
-    ``batch_size=None`` (the default) means 500, or ``capacity`` when that is smaller; an
-    explicit ``batch_size`` above ``capacity`` is a ``ConfigError`` (a batch could never fill
-    and every batch would wait out ``flush_interval``).
-
-    Arguments are checked at construction (``ConfigError`` naming the argument): ``sink``
-    must have an ``async def write``; ``dlq`` must be a ``DeadLetterQueue`` (a path is not
-    one); ``retry_policy`` and ``circuit_breaker`` must be instances of their classes;
-    ``batch_size`` must not exceed ``capacity``; numbers must be finite. ``start()`` refuses
-    a sink that says it is not open (a ``state`` whose value is ``"new"`` or ``"closed"``, or
-    ``is_open`` false; a sink with neither is taken as open).
+    Args:
+        sink: where batches go; must have an ``async def write(batch)``. ``start()`` refuses
+            a sink that says it is not open (a ``state`` whose value is ``"new"`` or
+            ``"closed"``, or ``is_open`` false); a sink with neither is taken as open.
+        capacity: the queue's size limit, items, an int > 0 (default 10_000).
+        workers: concurrent sink writers, an int > 0 (default 4).
+        batch_size: items a worker writes at once, an int, 0 < batch_size <= capacity
+            (default None: ``min(500, capacity)``). Above ``capacity`` a batch could never
+            fill and every batch would wait out ``flush_interval``.
+        flush_interval: seconds a worker holding fewer than ``batch_size`` items waits for
+            more before writing what it has, > 0 (default 0.25).
+        max_batch_size: while more than ``batch_size * workers`` items are queued, a worker
+            takes up to this many at once, stopping at ``low_watermark``; an int,
+            ``batch_size <= max_batch_size <= capacity`` (default None:
+            ``DEFAULT_MAX_BATCH_SIZE``, 2000, bounded by both). A shallow queue still
+            flushes ``batch_size`` or what ``flush_interval`` gathered.
+        high_watermark: queue size at which the level becomes HARD, items,
+            0 < high_watermark <= capacity (default None: ``max(1, int(capacity * 0.8))``).
+        low_watermark: queue size above which OK becomes SOFT, items,
+            0 <= low_watermark < high_watermark (default None:
+            ``min(capacity // 2, high_watermark - 1)``).
+        recover_watermark: queue size at or below which SOFT and HARD return to OK, items,
+            an int, 0 <= recover_watermark <= low_watermark (default None:
+            ``max(0, low - max(1, capacity // 20))``).
+        overflow_strategy: what ``submit`` does when the queue is full: ``"block"``
+            (default) waits for room, ``"drop_oldest"`` drops the oldest items (counted in
+            ``stats().dropped["overflow"]``), ``"error"`` raises ``QueueFullError``.
+        on_backpressure_high: ``async () -> None`` run on entering HARD (default None).
+        on_backpressure_low: ``async () -> None`` run on HARD -> OK (default None).
+        drop_callback: called with each item ``"drop_oldest"`` drops, sync or async
+            (default None); with 10,000 calls waiting the oldest is skipped (counted in
+            ``stats().drop_callbacks_skipped``). Callbacks run in order in a background
+            task, never on the producer; their exceptions are logged.
+        retry_policy: how failed writes are retried, a ``RetryPolicy`` (default
+            ``RetryPolicy()``).
+        circuit_breaker: guards the sink, a ``CircuitBreaker`` (default
+            ``CircuitBreaker()``); the coordinator takes over its ``on_change``.
+        dlq: where items that cannot be written go, a ``DeadLetterQueue`` (a path is not
+            one). Default None: such items are counted in ``stats().dropped`` by reason and
+            logged at ERROR as lost.
+        coord_id: a non-empty string on feedback events, metrics and log lines (default
+            ``"default"``).
+        bus: the feedback bus for pressure events (default None: the process-wide bus,
+            whose transports ``start()`` wires from ``FeedbackSettings``; a bus of one's own
+            is not wired).
 
     Failure handling (the worker's docstring has the details): retryable failures are
     retried, with the circuit open a batch waits for probes (also while draining, until the
@@ -221,7 +252,14 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
     ) -> WriteCoordinator[T]:
         """Build from ``CoordinatorRuntimeSettings`` (read from ``MDS_*`` when None).
 
-        Explicit keyword ``overrides`` win over settings, which win over defaults.
+        Args:
+            settings: the parameters (default None: ``CoordinatorRuntimeSettings()``, read
+                from ``MDS_*`` variables and ``.env``, each unset one at its default).
+            sink: where batches go, as for the constructor.
+            **overrides: any other constructor keyword; each wins over ``settings``.
+                ``retry_policy``, ``circuit_breaker`` and ``dlq`` replace the whole object
+                built from the ``retry_*``, ``breaker_*`` and ``dlq_path`` fields; the
+                callbacks and ``bus`` can only be given here.
         """
         s = settings if settings is not None else CoordinatorRuntimeSettings()
         kwargs: dict[str, Any] = {
