@@ -114,7 +114,7 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         flush_interval: seconds a worker holding fewer than ``batch_size`` items waits for
             more before writing what it has, > 0 (default 0.25).
         max_batch_size: while more than ``batch_size * workers`` items are queued, a worker
-            takes up to this many at once, stopping at ``low_watermark``; an int,
+            takes up to this many at once, stopping at ``high_watermark``; an int,
             ``batch_size <= max_batch_size <= capacity`` (default None:
             ``DEFAULT_MAX_BATCH_SIZE``, 2000, bounded by both). A shallow queue still
             flushes ``batch_size`` or what ``flush_interval`` gathered.

@@ -41,7 +41,9 @@ def make(sink: HeldSink, **kwargs: Any) -> WriteCoordinator[int]:
     kwargs.setdefault("capacity", 50)
     kwargs.setdefault("workers", 1)
     kwargs.setdefault("flush_interval", 0.01)
-    kwargs.setdefault("low_watermark", 0)  # a deep take stops at low: 0 lets it take all
+    # A deep take stops at the high watermark: 1 (and low 0) lets it take all but one.
+    kwargs.setdefault("high_watermark", 1)
+    kwargs.setdefault("low_watermark", 0)
     return WriteCoordinator(sink=sink, bus=FeedbackBus(), **kwargs)
 
 
@@ -62,14 +64,15 @@ async def test_a_deep_queue_is_taken_in_batches_of_up_to_max_batch_size() -> Non
         await coord.submit_many(range(2, 12))  # 10 queued > 2 * 1 worker: deep
         sink.release.set()
         await wait_until(lambda: sink.written == 12, timeout=DEADLINE)
-    assert sink.batches == [[0, 1], [2, 3, 4, 5, 6, 7], [8, 9, 10, 11]]
+    # 10 queued: 6 (max_batch_size); 4 left, still deep: 3, leaving the high watermark's 1.
+    assert sink.batches == [[0, 1], [2, 3, 4, 5, 6, 7], [8, 9, 10], [11]]
 
 
-async def test_a_deep_take_stops_at_the_low_watermark() -> None:
-    """A deep take leaves the low watermark's worth queued; below it batches are batch_size,
-    so one large take never carries the queue through the recover band by itself."""
+async def test_a_deep_take_stops_at_the_high_watermark() -> None:
+    """A deep take leaves the high watermark's worth queued; below it batches are batch_size,
+    so the queue size does not saw-tooth with the deep batch width."""
     sink = HeldSink()
-    async with make(sink, batch_size=2, max_batch_size=20, low_watermark=6) as coord:
+    async with make(sink, batch_size=2, max_batch_size=20, high_watermark=6) as coord:
         await hand_to_a_worker(coord, sink, range(2), held=1)
         await coord.submit_many(range(2, 14))  # 12 queued > 2 * 1 worker: deep
         sink.release.set()
@@ -99,12 +102,12 @@ async def test_a_shallow_queue_still_flushes_batch_size_or_what_linger_gathered(
 
 async def test_deep_threshold_is_exclusive() -> None:
     """Exactly ``above`` queued takes max_items; one more takes up to the deep batch size."""
-    q: BoundedQueue[int] = BoundedQueue(50, low_watermark=0, bus=FeedbackBus())
+    q: BoundedQueue[int] = BoundedQueue(50, 1, 0, bus=FeedbackBus())
     q.set_deep_batches(above=6, max_items=10)
     await q.put_many(range(6))
     assert await q.get_batch(3) == [0, 1, 2]
-    await q.put_many(range(6, 10))  # 7 queued
-    assert await q.get_batch(3) == list(range(3, 10))
+    await q.put_many(range(6, 10))  # 7 queued: deep, taken down to the high watermark (1)
+    assert await q.get_batch(3) == list(range(3, 9))
 
 
 async def test_get_batch_without_deep_batches_never_exceeds_max_items() -> None:
