@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal, Self
 
 from loguru import logger
 
@@ -113,7 +113,96 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     return (RedisError, OSError, TimeoutError)
 
 
-class RedisFeedbackPublisher(AsyncStartStop):
+class _RedisTransport(AsyncStartStop):
+    """What the publisher and the listener share: their checked settings, bus, lifecycle
+    state, Redis client and outage report."""
+
+    _role: ClassVar[str]
+    """``"publisher"`` or ``"listener"``: the metric label and the log lines' subject."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        channel: str = DEFAULT_CHANNEL,
+        bus: FeedbackBus | None = None,
+        socket_timeout: float = 2.0,
+        backoff_base: float = 0.05,
+        backoff_cap: float = 1.0,
+    ) -> None:
+        check_redis_url("url", url)
+        check_redis_channel("channel", channel)
+        self._socket_timeout = check_seconds("socket_timeout", socket_timeout)
+        self._backoff_base = check_seconds("backoff_base", backoff_base, positive=False)
+        self._backoff_cap = check_seconds("backoff_cap", backoff_cap, positive=False)
+        require_redis_package(type(self).__name__)
+        self._url = url
+        self._channel = channel
+        self._bus = bus if bus is not None else feedback_bus()
+        self._state: TransportState = "new"
+        self._client: Redis | None = None
+        self._outage = Outage(self._role, url)
+
+    @classmethod
+    def from_settings(
+        cls, settings: FeedbackSettings | None = None, *, bus: FeedbackBus | None = None
+    ) -> Self | None:
+        """Build from ``FeedbackSettings`` (env and ``.env`` when None); None without a URL."""
+        if settings is None:
+            settings = FeedbackSettings()
+        if settings.redis_url is None:
+            return None
+        return cls(settings.redis_url.get_secret_value(), channel=settings.redis_channel, bus=bus)
+
+    @property
+    def state(self) -> TransportState:
+        """``"new"``, ``"running"`` or ``"stopped"``."""
+        return self._state
+
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel the events travel on."""
+        return self._channel
+
+    @property
+    def url(self) -> str:
+        """The Redis URL with its user info replaced by ``***``."""
+        return redact_url(self._url)
+
+    @property
+    def outages(self) -> int:
+        """Outages seen so far (each logged one WARNING)."""
+        return self._outage.outages
+
+    def _open_client(self) -> bool:
+        """Create the client for ``start()``; False when already running (nothing to do)."""
+        if self._state == "running":
+            return False
+        if self._state == "stopped":
+            raise RuntimeError(f"{type(self).__name__} cannot be restarted once stopped")
+        self._client = _client(self._url, self._socket_timeout)
+        return True
+
+    def _mark_stopped(self) -> bool:
+        """Enter ``"stopped"`` for ``stop()``; whether it was running (has things to close)."""
+        was_running = self._state == "running"
+        self._state = "stopped"
+        return was_running
+
+    async def _close(self) -> None:
+        self._outage.close()
+        await _close_client(self._client, self._role)
+        self._client = None
+
+    async def _back_off(self, exc: BaseException) -> None:
+        """Report the failure, then wait before the next attempt."""
+        self._outage.down(exc)
+        await asyncio.sleep(
+            backoff_delay(self._outage.failures, self._backoff_base, self._backoff_cap)
+        )
+
+
+class RedisFeedbackPublisher(_RedisTransport):
     """Publishes every feedback event of the bus to Redis, never making anyone wait.
 
     Args:
@@ -132,6 +221,8 @@ class RedisFeedbackPublisher(AsyncStartStop):
         backoff_cap: the longest wait between retries, seconds, >= 0 (default 1.0).
     """
 
+    _role = "publisher"
+
     def __init__(
         self,
         url: str,
@@ -143,52 +234,22 @@ class RedisFeedbackPublisher(AsyncStartStop):
         backoff_base: float = 0.05,
         backoff_cap: float = 1.0,
     ) -> None:
-        check_redis_url("url", url)
-        check_redis_channel("channel", channel)
         self._max_pending = check_count("max_pending", max_pending)
-        self._socket_timeout = check_seconds("socket_timeout", socket_timeout)
-        self._backoff_base = check_seconds("backoff_base", backoff_base, positive=False)
-        self._backoff_cap = check_seconds("backoff_cap", backoff_cap, positive=False)
-        require_redis_package("RedisFeedbackPublisher")
-        self._url = url
-        self._channel = channel
-        self._bus = bus if bus is not None else feedback_bus()
-        self._state: TransportState = "new"
+        super().__init__(
+            url,
+            channel=channel,
+            bus=bus,
+            socket_timeout=socket_timeout,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+        )
         self._outbox: deque[FeedbackEvent] = deque()
         self._sent: dict[str, FeedbackEvent] = {}  # latest written, per running coordinator
         self._resend = False
         self._wakeup: asyncio.Event | None = None
         self._sender: asyncio.Task[None] | None = None
         self._closing = False
-        self._client: Redis | None = None
         self._script: AsyncScript | None = None
-        self._outage = Outage("publisher", url)
-
-    @classmethod
-    def from_settings(
-        cls, settings: FeedbackSettings | None = None, *, bus: FeedbackBus | None = None
-    ) -> RedisFeedbackPublisher | None:
-        """Build from ``FeedbackSettings`` (env and ``.env`` when None); None without a URL."""
-        if settings is None:
-            settings = FeedbackSettings()
-        if settings.redis_url is None:
-            return None
-        return cls(settings.redis_url.get_secret_value(), channel=settings.redis_channel, bus=bus)
-
-    @property
-    def state(self) -> TransportState:
-        """``"new"``, ``"running"`` or ``"stopped"``."""
-        return self._state
-
-    @property
-    def channel(self) -> str:
-        """The pub/sub channel events are published on."""
-        return self._channel
-
-    @property
-    def url(self) -> str:
-        """The Redis URL with its user info replaced by ``***``."""
-        return redact_url(self._url)
 
     @property
     def transport_key(self) -> tuple[str, str]:
@@ -210,21 +271,14 @@ class RedisFeedbackPublisher(AsyncStartStop):
         """Failed attempts since the last success."""
         return self._outage.failures
 
-    @property
-    def outages(self) -> int:
-        """Outages seen so far (each logged one WARNING)."""
-        return self._outage.outages
-
     async def start(self) -> None:
         """Subscribe to the bus and start the sender; no-op when running.
 
         Does not wait for Redis: an unreachable server is retried in the background.
         """
-        if self._state == "running":
+        if not self._open_client():
             return
-        if self._state == "stopped":
-            raise RuntimeError("RedisFeedbackPublisher cannot be restarted once stopped")
-        self._client = _client(self._url, self._socket_timeout)
+        assert self._client is not None
         self._script = self._client.register_script(PUBLISH_SCRIPT)
         self._wakeup = asyncio.Event()
         self._state = "running"
@@ -237,10 +291,8 @@ class RedisFeedbackPublisher(AsyncStartStop):
         Idempotent; what is still unwritten at the deadline is dropped (counted).
         """
         check_seconds("timeout", timeout, positive=False)
-        if self._state != "running":
-            self._state = "stopped"
+        if not self._mark_stopped():
             return
-        self._state = "stopped"
         self._bus.unsubscribe(self)
         self._closing = True
         assert self._wakeup is not None and self._sender is not None
@@ -254,9 +306,7 @@ class RedisFeedbackPublisher(AsyncStartStop):
             _pub_dropped["stopped"].inc(len(self._outbox))
             logger.debug("feedback Redis publisher: {} events unwritten at stop", len(self._outbox))
             self._outbox.clear()
-        self._outage.close()
-        await _close_client(self._client, "publisher")
-        self._client = None
+        await self._close()
 
     async def __call__(self, event: FeedbackEvent) -> None:
         """File ``event`` for writing to Redis (a deque append; never waits)."""
@@ -303,11 +353,8 @@ class RedisFeedbackPublisher(AsyncStartStop):
             except asyncio.CancelledError:
                 raise
             except _redis_errors() as exc:
-                self._outage.down(exc)
                 self._resend = True
-                await asyncio.sleep(
-                    backoff_delay(self._outage.failures, self._backoff_base, self._backoff_cap)
-                )
+                await self._back_off(exc)
             except Exception as exc:  # a bug in one batch must not end the sender
                 logger.opt(exception=exc).warning("feedback Redis publisher: write failed")
                 self._resend = False
@@ -360,7 +407,7 @@ class RedisFeedbackPublisher(AsyncStartStop):
                 del self._sent[next(iter(self._sent))]
 
 
-class RedisFeedbackListener(AsyncStartStop):
+class RedisFeedbackListener(_RedisTransport):
     """Republishes the feedback events of remote stores from Redis into a local bus.
 
     Args:
@@ -378,6 +425,8 @@ class RedisFeedbackListener(AsyncStartStop):
         backoff_cap: the longest wait between reconnect attempts, seconds, >= 0 (default 1.0).
     """
 
+    _role = "listener"
+
     def __init__(
         self,
         url: str,
@@ -389,58 +438,23 @@ class RedisFeedbackListener(AsyncStartStop):
         backoff_base: float = 0.05,
         backoff_cap: float = 1.0,
     ) -> None:
-        check_redis_url("url", url)
-        check_redis_channel("channel", channel)
-        self._socket_timeout = check_seconds("socket_timeout", socket_timeout)
         self._start_timeout = check_seconds("start_timeout", start_timeout, positive=False)
-        self._backoff_base = check_seconds("backoff_base", backoff_base, positive=False)
-        self._backoff_cap = check_seconds("backoff_cap", backoff_cap, positive=False)
-        require_redis_package("RedisFeedbackListener")
-        self._url = url
-        self._channel = channel
-        self._bus = bus if bus is not None else feedback_bus()
-        self._state: TransportState = "new"
+        super().__init__(
+            url,
+            channel=channel,
+            bus=bus,
+            socket_timeout=socket_timeout,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+        )
         self._last: dict[str, FeedbackEvent] = {}
-        self._client: Redis | None = None
         self._reader: asyncio.Task[None] | None = None
         self._synced: asyncio.Event | None = None
-        self._outage = Outage("listener", url)
-
-    @classmethod
-    def from_settings(
-        cls, settings: FeedbackSettings | None = None, *, bus: FeedbackBus | None = None
-    ) -> RedisFeedbackListener | None:
-        """Build from ``FeedbackSettings`` (env and ``.env`` when None); None without a URL."""
-        if settings is None:
-            settings = FeedbackSettings()
-        if settings.redis_url is None:
-            return None
-        return cls(settings.redis_url.get_secret_value(), channel=settings.redis_channel, bus=bus)
-
-    @property
-    def state(self) -> TransportState:
-        """``"new"``, ``"running"`` or ``"stopped"``."""
-        return self._state
-
-    @property
-    def channel(self) -> str:
-        """The pub/sub channel listened to."""
-        return self._channel
-
-    @property
-    def url(self) -> str:
-        """The Redis URL with its user info replaced by ``***``."""
-        return redact_url(self._url)
 
     @property
     def connected(self) -> bool:
         """Whether the listener is subscribed and has loaded the current levels."""
         return self._outage.connected
-
-    @property
-    def outages(self) -> int:
-        """Outages seen so far (each logged one WARNING)."""
-        return self._outage.outages
 
     def latest(self) -> dict[str, FeedbackEvent]:
         """A snapshot of the last event passed on per coordinator."""
@@ -449,11 +463,8 @@ class RedisFeedbackListener(AsyncStartStop):
     async def start(self) -> None:
         """Subscribe and load the current levels (waiting up to ``start_timeout``); no-op
         when running. An unreachable Redis is retried in the background."""
-        if self._state == "running":
+        if not self._open_client():
             return
-        if self._state == "stopped":
-            raise RuntimeError("RedisFeedbackListener cannot be restarted once stopped")
-        self._client = _client(self._url, self._socket_timeout)
         self._synced = asyncio.Event()
         self._state = "running"
         self._reader = asyncio.create_task(self._run(), name="feedback-redis-listener")
@@ -465,17 +476,13 @@ class RedisFeedbackListener(AsyncStartStop):
 
     async def stop(self) -> None:
         """Stop listening and close the connections. Idempotent."""
-        if self._state != "running":
-            self._state = "stopped"
+        if not self._mark_stopped():
             return
-        self._state = "stopped"
         reader = self._reader
         if reader is not None:
             reader.cancel()
             await asyncio.wait({reader})
-        self._outage.close()
-        await _close_client(self._client, "listener")
-        self._client = None
+        await self._close()
 
     async def _run(self) -> None:
         assert self._synced is not None
@@ -485,10 +492,7 @@ class RedisFeedbackListener(AsyncStartStop):
             except asyncio.CancelledError:
                 raise
             except _redis_errors() as exc:
-                self._outage.down(exc)
-                await asyncio.sleep(
-                    backoff_delay(self._outage.failures, self._backoff_base, self._backoff_cap)
-                )
+                await self._back_off(exc)
 
     async def _listen_once(self) -> None:
         """One connection's life: subscribe, load the hash, pass messages on until it fails."""
