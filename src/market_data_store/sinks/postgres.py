@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from operator import attrgetter
 from typing import Any
@@ -39,14 +39,7 @@ from market_data_store.sinks._pg_schema import (
     TABLE,
     ensure_schema,
 )
-from market_data_store.sinks._read import (
-    DEFAULT_PAGE_SIZE,
-    check_limit,
-    check_read_args,
-    check_symbols,
-    check_timeframe,
-    check_vendor,
-)
+from market_data_store.sinks._read import BarReads, PageKey
 from market_data_store.sinks._rows import CONVERSION_ERRORS, rows_of
 from market_data_store.sinks.bar import (
     BAR_FIELDS,
@@ -173,7 +166,7 @@ async def _keep_session(connection: Any) -> None:
     """Pool reset hook: the sink leaves no session state behind, so skip the reset query."""
 
 
-class PostgresBarsSink(AsyncOpenClose):
+class PostgresBarsSink(BarReads, AsyncOpenClose):
     """Writes ``Bar`` batches into the PostgreSQL database at ``dsn`` (table ``bars``) and
     reads them back.
 
@@ -319,93 +312,28 @@ class PostgresBarsSink(AsyncOpenClose):
         """Number of rows in the table."""
         return int(await self._fetchval(f"SELECT count(*) FROM {TABLE}"))
 
-    async def read(
-        self,
-        symbol: str,
-        timeframe: str,
-        start: datetime | None = None,
-        end: datetime | None = None,
-        *,
-        vendor: str | None = None,
-        limit: int | None = None,
-    ) -> list[Bar]:
-        """The bars of ``symbol`` and ``timeframe`` with ``start <= ts < end``, ascending.
-
-        ``start``/``end`` None leave that side open; ``vendor=None`` reads every vendor, ties
-        on ``ts`` ordered by vendor; ``limit`` keeps the first ``limit`` bars. ``symbol`` is
-        normalised as ``Bar`` does. Raises ``ConfigError`` for arguments that make no sense
-        (start after end, a naive datetime, limit < 1).
-        """
-        symbol, timeframe, vendor = check_read_args(
-            symbol, timeframe, start, end, vendor=vendor, limit=limit
-        )
-        sql, args = range_query(start, end, vendor, None, limit)
-        rows = await self._fetch(sql, symbol, timeframe, *args)
-        return bars_of_series(symbol, timeframe, rows)
-
-    def iter_bars(
-        self,
-        symbol: str,
-        timeframe: str,
-        start: datetime | None = None,
-        end: datetime | None = None,
-        *,
-        vendor: str | None = None,
-        limit: int | None = None,
-        page_size: int = DEFAULT_PAGE_SIZE,
-    ) -> AsyncIterator[Bar]:
-        """The bars ``read`` returns, as an async iterator fetching ``page_size`` at a time.
-
-        Memory stays bounded by one page. Each page starts after the last ``(ts, vendor)``
-        seen, so a bar never appears twice, whatever is written meanwhile. Arguments are
-        checked here, when called, not at the first iteration.
-        """
-        check_limit("page_size", page_size)
-        symbol, timeframe, vendor = check_read_args(
-            symbol, timeframe, start, end, vendor=vendor, limit=limit
-        )
-        return self._pages(symbol, timeframe, start, end, vendor, limit, page_size)
-
-    async def latest(
-        self, symbols: Iterable[str], timeframe: str, *, vendor: str | None = None
-    ) -> dict[str, Bar]:
-        """The newest bar of each symbol (normalised as ``Bar`` does) for ``timeframe``.
-
-        Symbols without a bar are left out. With ``vendor=None`` the newest bar of any
-        vendor; of vendors tied on ``ts``, the one ``read`` returns last.
-        """
-        wanted = check_symbols(symbols)
-        frame, source = check_timeframe(timeframe), check_vendor(vendor)
-        if not wanted:
-            self._lifecycle.check_open()
-            return {}
-        bars = bars_from_rows(await self._fetch(SELECT_LATEST, wanted, frame, source))
-        return {bar.symbol: bar for bar in bars}
-
-    async def _pages(
+    async def _read_range(
         self,
         symbol: str,
         timeframe: str,
         start: datetime | None,
         end: datetime | None,
         vendor: str | None,
+        after: PageKey | None,
         limit: int | None,
-        page_size: int,
-    ) -> AsyncIterator[Bar]:
-        after: tuple[datetime, str] | None = None
-        remaining = limit
-        while remaining is None or remaining > 0:
-            wanted = page_size if remaining is None else min(page_size, remaining)
-            sql, args = range_query(start, end, vendor, after, wanted)
-            rows = await self._fetch(sql, symbol, timeframe, *args)
-            page = bars_of_series(symbol, timeframe, rows)
-            for bar in page:
-                yield bar
-            if len(page) < wanted:
-                return
-            if remaining is not None:
-                remaining -= len(page)
-            after = (page[-1].ts, page[-1].vendor)
+    ) -> list[Bar]:
+        sql, args = range_query(start, end, vendor, after, limit)
+        rows = await self._fetch(sql, symbol, timeframe, *args)
+        return bars_of_series(symbol, timeframe, rows)
+
+    async def _read_latest(
+        self, symbols: list[str], timeframe: str, vendor: str | None
+    ) -> dict[str, Bar]:
+        if not symbols:
+            self._lifecycle.check_open()
+            return {}
+        bars = bars_from_rows(await self._fetch(SELECT_LATEST, symbols, timeframe, vendor))
+        return {bar.symbol: bar for bar in bars}
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         self._lifecycle.check_open()

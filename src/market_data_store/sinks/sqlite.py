@@ -44,7 +44,7 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
@@ -57,14 +57,7 @@ from market_data_store.coordinator.types import PermanentSinkError, RetryableSin
 from market_data_store.sinks._gc import gc_paused
 from market_data_store.sinks._lifecycle import Lifecycle, SinkState
 from market_data_store.sinks._metrics import SinkMetrics
-from market_data_store.sinks._read import (
-    DEFAULT_PAGE_SIZE,
-    check_limit,
-    check_read_args,
-    check_symbols,
-    check_timeframe,
-    check_vendor,
-)
+from market_data_store.sinks._read import BarReads, PageKey
 from market_data_store.sinks._rows import rows_of
 from market_data_store.sinks._sqlite_schema import (
     SELECT_LATEST,
@@ -191,7 +184,7 @@ def settle(outcomes: list[asyncio.Future[None]], errors: list[SinkError | None])
             outcome.set_exception(error)
 
 
-class SqliteBarsSink(AsyncOpenClose):
+class SqliteBarsSink(BarReads, AsyncOpenClose):
     """Writes ``Bar`` batches into the SQLite database at ``path`` (table ``bars``) and reads
     them back.
 
@@ -320,93 +313,17 @@ class SqliteBarsSink(AsyncOpenClose):
         """Number of rows in the table."""
         return await self._run(self._count)
 
-    async def read(
-        self,
-        symbol: str,
-        timeframe: str,
-        start: datetime | None = None,
-        end: datetime | None = None,
-        *,
-        vendor: str | None = None,
-        limit: int | None = None,
-    ) -> list[Bar]:
-        """The bars of ``symbol`` and ``timeframe`` with ``start <= ts < end``, ascending.
-
-        ``start``/``end`` None leave that side open; ``vendor=None`` reads every vendor, ties
-        on ``ts`` ordered by vendor; ``limit`` keeps the first ``limit`` bars. ``symbol`` is
-        normalised as ``Bar`` does. Raises ``ConfigError`` for arguments that make no sense
-        (start after end, a naive datetime, limit < 1).
-        """
-        params = self._range_params(symbol, timeframe, start, end, vendor, limit)
-        sql = SELECT_RANGE[vendor is not None, False]
-        return await self._read(self._select, sql, params)
-
-    def iter_bars(
-        self,
-        symbol: str,
-        timeframe: str,
-        start: datetime | None = None,
-        end: datetime | None = None,
-        *,
-        vendor: str | None = None,
-        limit: int | None = None,
-        page_size: int = DEFAULT_PAGE_SIZE,
-    ) -> AsyncIterator[Bar]:
-        """The bars ``read`` returns, as an async iterator fetching ``page_size`` at a time.
-
-        Memory stays bounded by one page. Pages follow each other by key (the last
-        ``(ts, vendor)`` seen), so a bar never appears twice, whatever is written meanwhile.
-        Arguments are checked here, when called, not at the first iteration.
-        """
-        check_limit("page_size", page_size)
-        params = self._range_params(symbol, timeframe, start, end, vendor, limit)
-        return self._pages(params, vendor is not None, limit, page_size)
-
-    async def _pages(
-        self, params: dict[str, Any], by_vendor: bool, limit: int | None, page_size: int
-    ) -> AsyncIterator[Bar]:
-        sql = SELECT_RANGE[by_vendor, False]
-        remaining = limit
-        while remaining is None or remaining > 0:
-            wanted = page_size if remaining is None else min(page_size, remaining)
-            params["limit"] = wanted
-            page = await self._read(self._select, sql, params)
-            for bar in page:
-                yield bar
-            if len(page) < wanted:
-                return
-            if remaining is not None:
-                remaining -= len(page)
-            last = page[-1]
-            params["after_ts"] = epoch_us(last.ts, 0)
-            params["after_vendor"] = last.vendor
-            sql = SELECT_RANGE[by_vendor, True]
-
-    async def latest(
-        self, symbols: Iterable[str], timeframe: str, *, vendor: str | None = None
-    ) -> dict[str, Bar]:
-        """The newest bar of each symbol (normalised as ``Bar`` does) for ``timeframe``.
-
-        Symbols without a bar are left out. With ``vendor=None`` the newest bar of any
-        vendor; of vendors tied on ``ts``, the one ``read`` returns last.
-        """
-        wanted = check_symbols(symbols)
-        frame, source = check_timeframe(timeframe), check_vendor(vendor)
-        return await self._read(self._latest, wanted, frame, source)
-
-    def _range_params(
+    async def _read_range(
         self,
         symbol: str,
         timeframe: str,
         start: datetime | None,
         end: datetime | None,
         vendor: str | None,
+        after: PageKey | None,
         limit: int | None,
-    ) -> dict[str, Any]:
-        symbol, timeframe, vendor = check_read_args(
-            symbol, timeframe, start, end, vendor=vendor, limit=limit
-        )
-        return {
+    ) -> list[Bar]:
+        params: dict[str, Any] = {
             "symbol": symbol,
             "timeframe": timeframe,
             "vendor": vendor,
@@ -414,6 +331,16 @@ class SqliteBarsSink(AsyncOpenClose):
             "end": epoch_us(end, MAX_TS_US),
             "limit": -1 if limit is None else limit,
         }
+        if after is not None:
+            params["after_ts"] = epoch_us(after[0], 0)
+            params["after_vendor"] = after[1]
+        sql = SELECT_RANGE[vendor is not None, after is not None]
+        return await self._read(self._select, sql, params)
+
+    async def _read_latest(
+        self, symbols: list[str], timeframe: str, vendor: str | None
+    ) -> dict[str, Bar]:
+        return await self._read(self._latest, symbols, timeframe, vendor)
 
     async def _run(self, func: Callable[[Any], T], arg: Any = None) -> T:
         self._lifecycle.check_open()
