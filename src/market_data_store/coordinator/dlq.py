@@ -21,6 +21,8 @@ from typing import Any, Generic, TypeVar
 from loguru import logger
 from pydantic import BaseModel
 
+from market_data_store.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -200,8 +202,8 @@ class DeadLetterQueue(Generic[T]):
         (logged at WARNING) and take no place in the numbering.
         """
         for name, value in (("max_records", max_records), ("offset", offset)):
-            if value < 0:
-                raise ValueError(f"{name} must satisfy 0 <= {name}, got {value}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an int with 0 <= {name}, got {value!r}")
         return await asyncio.to_thread(self._read, max_records, offset)
 
     def _read(self, max_records: int, offset: int = 0) -> list[DLQRecord[T]]:

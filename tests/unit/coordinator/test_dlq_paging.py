@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from market_data_store.coordinator import DeadLetterQueue
+from market_data_store.errors import ConfigError
 
 
 async def filled(path: Path, n: int) -> DeadLetterQueue[int]:
@@ -49,11 +51,21 @@ async def test_corrupt_lines_take_no_place_in_the_numbering(
     assert sum("corrupt line 3" in m for m in log_messages) == 1
 
 
-@pytest.mark.parametrize(("max_records", "offset"), [(-1, 0), (10, -1)])
-async def test_negative_arguments_are_rejected(
-    tmp_path: Path, max_records: int, offset: int
+@pytest.mark.parametrize(
+    ("max_records", "offset", "named"),
+    [
+        (-1, 0, "max_records"),
+        (10, -1, "offset"),
+        (float("nan"), 0, "max_records"),
+        (2.5, 0, "max_records"),
+        (10, True, "offset"),
+    ],
+)
+async def test_bad_arguments_are_rejected(
+    tmp_path: Path, max_records: Any, offset: Any, named: str
 ) -> None:
-    """A negative max_records or offset raises ValueError naming it."""
+    """A negative, NaN, fractional or boolean max_records or offset raises ConfigError
+    naming it."""
     dlq = await filled(tmp_path / "dlq.ndjson", 1)
-    with pytest.raises(ValueError, match="max_records" if max_records < 0 else "offset"):
+    with pytest.raises(ConfigError, match=named):
         await dlq.replay(max_records, offset=offset)
