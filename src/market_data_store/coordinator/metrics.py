@@ -15,6 +15,7 @@ which Prometheus reads as a counter reset.
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -22,6 +23,8 @@ from typing import Any, Protocol
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from market_data_store.feedback import metrics as feedback_metrics
 
 BATCHES_WRITTEN = Counter("mds_batches_written", "Batches written by sinks", ["coordinator_id"])
 ITEMS_WRITTEN = Counter("mds_items_written", "Items written by sinks", ["coordinator_id"])
@@ -121,6 +124,7 @@ def _release_id(coord_id: str) -> None:
         _live_ids[coord_id] = left
         return
     _live_ids.pop(coord_id, None)
+    _forget_feedback_events(coord_id)
     for metric in _PER_COORDINATOR:
         _remove(metric, coord_id)
     for error_type in _error_types.pop(coord_id, set()):
@@ -128,6 +132,22 @@ def _release_id(coord_id: str) -> None:
     _retired_submitted.pop(coord_id, None)
     for key in [key for key in _retired_dropped if key[0] == coord_id]:
         del _retired_dropped[key]
+
+
+def _forget_feedback_events(coord_id: str) -> None:
+    """Remove the id's feedback-event label sets once the bus has counted the events already
+    handed to it (its dispatch, e.g. of the final ``stopped`` event, is scheduled first)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        feedback_metrics.forget_coordinator(coord_id)
+    else:
+        loop.call_soon(_forget_unless_live, coord_id)
+
+
+def _forget_unless_live(coord_id: str) -> None:
+    if coord_id not in _live_ids:  # not restarted under the same id in the meantime
+        feedback_metrics.forget_coordinator(coord_id)
 
 
 def _remove(metric: Counter | Histogram, *labels: str) -> None:

@@ -45,9 +45,21 @@ def cached_child(metric: Any, cache: dict[tuple[str, ...], Any]) -> Callable[...
     return child
 
 
-_feedback_event_child = cached_child(FEEDBACK_EVENTS, {})
+_feedback_event_children: dict[tuple[str, ...], Any] = {}
+_feedback_event_child = cached_child(FEEDBACK_EVENTS, _feedback_event_children)
 
 
 def count_feedback_event(coordinator_id: str, level: str) -> None:
     """Increment ``mds_feedback_events_total`` through a cached child."""
     _feedback_event_child(coordinator_id, level).inc()
+
+
+def forget_coordinator(coordinator_id: str) -> None:
+    """Remove the ``mds_feedback_events_total`` label sets of a coordinator id no longer live
+    (and their cached children, which would otherwise count into removed series)."""
+    for key in [key for key in _feedback_event_children if key[0] == coordinator_id]:
+        del _feedback_event_children[key]
+        try:
+            FEEDBACK_EVENTS.remove(*key)
+        except KeyError:
+            pass

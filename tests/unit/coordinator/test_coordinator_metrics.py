@@ -126,3 +126,29 @@ COUNTERS = (
     "mds_batches_written_total",
     "mds_dlq_items_total",
 )
+
+
+async def test_feedback_event_label_sets_go_with_the_last_coordinator_of_an_id() -> None:
+    """mds_feedback_events_total of a stopped coordinator id is removed once the bus has
+    counted its last events (the final OK "stopped" included), so ids do not pile up."""
+    cid = f"fb-{uuid.uuid4().hex[:8]}"
+    bus = FeedbackBus()
+    coord: WriteCoordinator[int] = WriteCoordinator(
+        sink=GateSink(), capacity=10, workers=1, batch_size=1, coord_id=cid, bus=bus
+    )
+    await coord.start()
+    await coord.submit_many(range(9))  # a worker holds one, the queue crosses into HARD
+    await bus.flush()
+    assert sample("mds_feedback_events_total", coordinator_id=cid, level="hard") == 1
+    await coord.stop(timeout=0.2)
+
+    def feedback_samples() -> list[str]:
+        return [
+            sample.name
+            for metric in REGISTRY.collect()
+            if metric.name == "mds_feedback_events"
+            for sample in metric.samples
+            if sample.labels.get("coordinator_id") == cid
+        ]
+
+    await wait_until(lambda: feedback_samples() == [], what="feedback label sets removed")
