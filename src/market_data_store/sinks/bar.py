@@ -147,7 +147,7 @@ def bars_from_rows(rows: Iterable[Sequence[Any]], *, ts_epoch_us: bool = False) 
     (every field is set): one allocation less per bar.
     """
     with gc_paused():
-        return _bars_any_series(rows, ts_epoch_us)
+        return _bars(rows, ts_epoch_us)
 
 
 def bars_of_series(
@@ -161,54 +161,33 @@ def bars_of_series(
     ``bars_from_rows``).
     """
     with gc_paused():
-        return _bars(symbol, timeframe, rows, ts_epoch_us)
-
-
-# The two loops below differ only in where symbol and timeframe come from; each runs once
-# per bar read, so neither calls a shared helper per bar.
-
-
-def _bars_any_series(rows: Iterable[Sequence[Any]], ts_epoch_us: bool) -> list[Bar]:
-    new, cls, set_dict = _new_bar, Bar, _set_dict
-    set_fields_set, set_extra, set_private = _set_fields_set, _set_extra, _set_private
-    epoch, one_us = _EPOCH, _ONE_MICROSECOND
-    fields_set = set(BAR_FIELDS)
-    bars: list[Bar] = []
-    append = bars.append
-    for vendor, symbol, timeframe, ts, open_, high, low, close, volume in rows:
-        bar = new(cls)
-        set_dict(
-            bar,
-            {
-                "vendor": vendor,
-                "symbol": symbol,
-                "timeframe": timeframe,
-                "ts": epoch + ts * one_us if ts_epoch_us else ts,
-                "open": open_,
-                "high": high,
-                "low": low,
-                "close": close,
-                "volume": volume,
-            },
-        )
-        set_fields_set(bar, fields_set)
-        set_extra(bar, None)
-        set_private(bar, None)
-        append(bar)
-    return bars
+        return _bars(rows, ts_epoch_us, symbol, timeframe)
 
 
 def _bars(
-    symbol: str, timeframe: str, rows: Iterable[Sequence[Any]], ts_epoch_us: bool
+    rows: Iterable[Sequence[Any]],
+    ts_epoch_us: bool,
+    series_symbol: str | None = None,
+    series_timeframe: str | None = None,
 ) -> list[Bar]:
+    """Bars from rows in ``BAR_FIELDS`` order, or in ``SERIES_FIELDS`` order when the
+    series' symbol and timeframe are given."""
+    # One loop serves both layouts: the branch per row costs nothing measurable, where a
+    # helper called per bar would.
     # Locals, not globals, in the loop: it runs once per bar.
     new, cls, set_dict = _new_bar, Bar, _set_dict
     set_fields_set, set_extra, set_private = _set_fields_set, _set_extra, _set_private
     epoch, one_us = _EPOCH, _ONE_MICROSECOND
     fields_set = set(BAR_FIELDS)
+    of_series = series_symbol is not None
+    symbol, timeframe = series_symbol, series_timeframe
     bars: list[Bar] = []
     append = bars.append
-    for vendor, ts, open_, high, low, close, volume in rows:
+    for row in rows:
+        if of_series:
+            vendor, ts, open_, high, low, close, volume = row
+        else:
+            vendor, symbol, timeframe, ts, open_, high, low, close, volume = row
         bar = new(cls)
         set_dict(
             bar,
