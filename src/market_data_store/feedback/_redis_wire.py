@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from urllib.parse import urlsplit
 
@@ -166,13 +165,6 @@ def require_redis_package(what: str) -> None:
         raise ConfigError(
             f"{what} needs the redis package: install market-data-store-asyncio[redis]"
         ) from None
-
-
-def backoff_delay(failures: int, base: float, cap: float) -> float:
-    """Seconds before attempt ``failures + 1``: ``base * 2**(failures-1)`` capped, jittered
-    down by up to half so that many clients do not reconnect in step. 0 when ``base`` is 0."""
-    delay = min(cap, base * 2.0 ** max(0, failures - 1))
-    return delay * random.uniform(0.5, 1.0)
 
 
 class Outage:

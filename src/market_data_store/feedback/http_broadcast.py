@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import json
 import math
-import random
 import time
 import uuid
 from typing import TYPE_CHECKING, Literal
@@ -25,7 +24,7 @@ from loguru import logger
 from market_data_store._context import AsyncStartStop
 from market_data_store._validation import check_range
 from market_data_store.errors import ConfigError
-from market_data_store.feedback import metrics
+from market_data_store.feedback import _sender, metrics
 from market_data_store.feedback.bus import FeedbackBus, feedback_bus
 from market_data_store.feedback.events import FeedbackEvent
 from market_data_store.feedback.settings import (
@@ -84,8 +83,7 @@ def sign_webhook(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
 def backoff_delay(retry: int, base: float, cap: float = BACKOFF_CAP) -> float:
     """Seconds to wait before retry number ``retry`` (1, 2, ...): ``base * 2**(retry-1)``,
     capped, with jitter taking off up to half."""
-    delay = min(cap, base * 2.0 ** (retry - 1))
-    return delay * random.uniform(0.5, 1.0)
+    return _sender.backoff_delay(retry, base, cap)
 
 
 def _classify_status(status: int) -> str:
@@ -243,11 +241,7 @@ class HttpFeedbackBroadcaster(AsyncStartStop):
         self._bus.unsubscribe(self)
         self._closing = True
         self._wakeup.set()
-        sender = self._sender
-        await asyncio.wait({sender}, timeout=timeout)
-        if not sender.done():
-            sender.cancel()
-            await asyncio.wait({sender})
+        await _sender.finish_task(self._sender, timeout)
         if self._outbox:
             _dropped("stopped").inc(len(self._outbox))
             logger.debug("feedback webhook: {} events unsent at stop", len(self._outbox))

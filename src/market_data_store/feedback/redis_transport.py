@@ -37,7 +37,6 @@ from market_data_store.feedback._redis_wire import (
     REDIS_PUBLISHED,
     REDIS_RECEIVED,
     Outage,
-    backoff_delay,
     check_count,
     check_redis_channel,
     check_redis_url,
@@ -48,6 +47,7 @@ from market_data_store.feedback._redis_wire import (
     latest_key,
     require_redis_package,
 )
+from market_data_store.feedback._sender import backoff_delay, finish_task
 from market_data_store.feedback.bus import FeedbackBus, feedback_bus
 from market_data_store.feedback.events import FeedbackEvent
 from market_data_store.feedback.settings import FeedbackSettings, redact_url
@@ -297,11 +297,7 @@ class RedisFeedbackPublisher(_RedisTransport):
         self._closing = True
         assert self._wakeup is not None and self._sender is not None
         self._wakeup.set()
-        sender = self._sender
-        await asyncio.wait({sender}, timeout=timeout)
-        if not sender.done():
-            sender.cancel()
-            await asyncio.wait({sender})
+        await finish_task(self._sender, timeout)
         if self._outbox:
             _pub_dropped["stopped"].inc(len(self._outbox))
             logger.debug("feedback Redis publisher: {} events unwritten at stop", len(self._outbox))
