@@ -21,8 +21,9 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
+
+from market_data_store.testing._server import ThrowawayServer, log_tail
 
 REQUIRE_ENV = "MDS_REQUIRE_POSTGRES"
 SERVICE_USER = "postgres"
@@ -69,7 +70,7 @@ def free_port() -> int:
         return port
 
 
-class PostgresServer:
+class PostgresServer(ThrowawayServer):
     """One throwaway PostgreSQL cluster; ``with PostgresServer() as server: server.dsn``."""
 
     def __init__(self, *, bin_dir: Path | None = None, port: int | None = None) -> None:
@@ -78,7 +79,7 @@ class PostgresServer:
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.user = "postgres"
-        self._base_dir: Path | None = None
+        self._dir: Path | None = None
         self._run_as: str | None = None
         self.running = False
 
@@ -103,7 +104,7 @@ class PostgresServer:
         """Create the cluster (first call only) and start the server; waits until it accepts."""
         if self.running:
             return
-        first = self._base_dir is None
+        first = self._dir is None
         if first:
             self._init_cluster()
         for attempt in range(3):
@@ -144,34 +145,9 @@ class PostgresServer:
         self.stop(mode)
         self.start()
 
-    def destroy(self) -> None:
-        """Stop the server and delete its folder."""
-        try:
-            self.stop()
-        finally:
-            if self._base_dir is not None:
-                shutil.rmtree(self._base_dir, ignore_errors=True)
-                self._base_dir = None
-
     def log_tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines of the server log, for error messages."""
-        try:
-            text = self.log_file.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> PostgresServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.destroy()
+        return log_tail(self.log_file, lines)
 
     def _init_cluster(self) -> None:
         bin_dir = self._bin_dir or find_bin_dir()
@@ -185,7 +161,7 @@ class PostgresServer:
                 ) from None
             self._run_as = SERVICE_USER
         base = Path(tempfile.mkdtemp(prefix="mds-pg-"))
-        self._base_dir = base
+        self._dir = base
         if self._run_as is not None:
             os.chown(base, account.pw_uid, account.pw_gid)
         self._run(
@@ -238,6 +214,6 @@ class PostgresServer:
         )
 
     def _require_base(self) -> Path:
-        if self._base_dir is None:
+        if self._dir is None:
             raise RuntimeError("the PostgreSQL cluster has not been created yet: call start()")
-        return self._base_dir
+        return self._dir

@@ -17,8 +17,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
+from market_data_store.testing._server import ThrowawayServer, log_tail
 from market_data_store.testing.postgres import free_port
 
 REQUIRE_ENV = "MDS_REQUIRE_REDIS"
@@ -44,7 +44,7 @@ def find_redis_server() -> str:
     return found
 
 
-class RedisServer:
+class RedisServer(ThrowawayServer):
     """One throwaway server: ``with RedisServer() as server: server.url``.
 
     ``binary``: the ``redis-server`` to run (default: found on PATH).
@@ -161,33 +161,8 @@ class RedisServer:
         self._port_chosen = False
         self.start()
 
-    def destroy(self) -> None:
-        """Stop the server and delete its folder."""
-        try:
-            self.stop()
-        finally:
-            if self._dir is not None:
-                shutil.rmtree(self._dir, ignore_errors=True)
-                self._dir = None
-
     def log_tail(self, lines: int = 20) -> str:
         """The last ``lines`` lines of the server log, for error messages."""
         if self._dir is None:
             return ""
-        try:
-            text = (self._dir / "server.log").read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.destroy()
+        return log_tail(self._dir / "server.log", lines)
