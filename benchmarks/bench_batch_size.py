@@ -16,111 +16,63 @@ no binaries are found.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import shutil
 import statistics
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from _harness import (
+    create_database,
+    make_bars,
+    paired_rounds,
+    postgres_or_skip,
+    spread,
+    through_coordinator,
+)
 from loguru import logger
 
-from market_data_store.coordinator import WriteCoordinator
 from market_data_store.feedback import FeedbackBus
 from market_data_store.sinks import Bar, PostgresBarsSink, SqliteBarsSink
-from market_data_store.testing.postgres import PostgresServer, PostgresUnavailableError
 
 Run = Callable[[int], Coroutine[Any, Any, float]]  # max_batch_size -> seconds
 
 
-def make_bars(n: int, symbols: int = 50) -> list[Bar]:
-    """``n`` one-minute bars across ``symbols`` symbols, interleaved as a live feed sends them."""
-    t0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
-    bars = []
-    for i in range(n):
-        o = 100.0 + (i % 17)
-        c = o + ((i % 5) - 2) * 0.25
-        bars.append(
-            Bar(
-                vendor="bench",
-                symbol=f"SYM{i % symbols:03d}",
-                timeframe="1m",
-                ts=t0 + timedelta(minutes=i // symbols),
-                open=o,
-                high=max(o, c) + 0.5,
-                low=min(o, c) - 0.5,
-                close=c,
-                volume=float(i),
-            )
-        )
-    return bars
-
-
-async def through_coordinator(sink: Any, bars: list[Bar], max_batch_size: int) -> float:
+async def timed_write(sink: Any, bars: list[Bar], max_batch_size: int) -> float:
     """Seconds from the first submit to the end of the drain, at default settings."""
-    coord: WriteCoordinator[Bar] = WriteCoordinator(
-        sink=sink, max_batch_size=max_batch_size, bus=FeedbackBus()
-    )
-    await coord.start()
-    started = time.perf_counter()
-    await coord.submit_many(bars)
-    await coord.stop(drain=True, timeout=300)
-    elapsed = time.perf_counter() - started
-    if coord.stats().written != len(bars):
-        raise RuntimeError(f"wrote {coord.stats().written} of {len(bars)} bars")
-    return elapsed
+    return await through_coordinator(sink, bars, max_batch_size=max_batch_size, bus=FeedbackBus())
 
 
 def sqlite_run(folder: Path, bars: list[Bar]) -> Run:
     async def run(max_batch_size: int) -> float:
         async with SqliteBarsSink(folder / f"{uuid.uuid4().hex}.db") as sink:
-            return await through_coordinator(sink, bars, max_batch_size)
+            return await timed_write(sink, bars, max_batch_size)
 
     return run
 
 
-def postgres_run(server: PostgresServer, bars: list[Bar]) -> Run:
+def postgres_run(admin_dsn: str, bars: list[Bar]) -> Run:
     async def run(max_batch_size: int) -> float:
-        import asyncpg
-
-        name = f"bench_{uuid.uuid4().hex[:12]}"
-        admin = await asyncpg.connect(server.dsn)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        async with PostgresBarsSink(server.dsn_for(name)) as sink:
-            return await through_coordinator(sink, bars, max_batch_size)
+        # A new database each run, left in place: the server goes when the script ends.
+        async with PostgresBarsSink(await create_database(admin_dsn, "bench_")) as sink:
+            return await timed_write(sink, bars, max_batch_size)
 
     return run
-
-
-def fresh(run: Run, max_batch_size: int) -> float:
-    gc.collect()
-    return asyncio.run(run(max_batch_size))
 
 
 def compare(name: str, run: Run, n: int, args: argparse.Namespace) -> None:
     for candidate in args.candidates:
-        speedups, rates = [], []
-        for r in range(args.rounds):
-            if r % 2 == 0:
-                base = fresh(run, args.baseline)
-                cand = fresh(run, candidate)
-            else:
-                cand = fresh(run, candidate)
-                base = fresh(run, args.baseline)
-            speedups.append(base / cand)
-            rates.append(n / cand)
-        low, mid, high = min(speedups), statistics.median(speedups), max(speedups)
+        base, cand = paired_rounds(
+            args.rounds, partial(run, args.baseline), partial(run, candidate), collect=True
+        )
+        speedups = [b / c for b, c in zip(base, cand, strict=True)]
+        rates = [n / c for c in cand]
         print(
             f"  {name:10s} max_batch_size {candidate:>6,} vs {args.baseline:,}: "
-            f"{low:5.2f} / {mid:5.2f} / {high:5.2f}x   "
+            f"{spread(speedups, '5.2f')}x   "
             f"({statistics.median(rates):,.0f} bars/s median)",
             flush=True,
         )
@@ -146,17 +98,9 @@ def main() -> None:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     if args.only != "sqlite":
-        server = PostgresServer()
-        try:
-            server.start()
-        except PostgresUnavailableError as exc:
-            print(f"  PostgreSQL skipped: {exc}")
-            server.destroy()
-            return
-        try:
-            compare("PostgreSQL", postgres_run(server, bars), len(bars), args)
-        finally:
-            server.destroy()
+        with postgres_or_skip(None, "  PostgreSQL skipped: {}") as admin_dsn:
+            if admin_dsn is not None:
+                compare("PostgreSQL", postgres_run(admin_dsn, bars), len(bars), args)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
+from _harness import alternating, clock_overhead_ns, spread
 from loguru import logger
 
 from market_data_store.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
@@ -79,16 +81,6 @@ def make_bus(variant: str, max_backlog: int) -> FeedbackBus:
 
         bus.subscribe(raising if variant == "1 raising" else noop)
     return bus
-
-
-def clock_overhead_ns(samples: int = 20_000) -> float:
-    """Median cost of two back-to-back perf_counter_ns() reads."""
-    clock = time.perf_counter_ns
-    deltas = []
-    for _ in range(samples):
-        t0 = clock()
-        deltas.append(clock() - t0)
-    return statistics.median(deltas)
 
 
 async def producer_ns(bus: FeedbackBus, events: list[FeedbackEvent], overhead_ns: float) -> float:
@@ -133,29 +125,24 @@ def one_run(variant: str, args: argparse.Namespace, overhead_ns: float) -> tuple
     return asyncio.run(go())
 
 
-def spread(values: Sequence[float]) -> str:
-    return f"{min(values):7.3f} {statistics.median(values):7.3f} {max(values):7.3f}"
+def columns(values: Sequence[float]) -> str:
+    return spread(values, "7.3f", sep=" ")
 
 
 def in_process(args: argparse.Namespace) -> None:
     overhead_ns = clock_overhead_ns()
     one_run("1 sub", argparse.Namespace(**{**vars(args), "events": 2000}), overhead_ns)  # warm
-    producer: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    fan_out: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for round_no in range(args.rounds):
-        order = VARIANTS if round_no % 2 == 0 else tuple(reversed(VARIANTS))
-        for variant in order:
-            p, f = one_run(variant, args, overhead_ns)
-            producer[variant].append(p)
-            fan_out[variant].append(f)
+    runs = alternating(args.rounds, [partial(one_run, v, args, overhead_ns) for v in VARIANTS])
+    producer = {v: [p for p, _ in results] for v, results in zip(VARIANTS, runs, strict=True)}
+    fan_out = {v: [f for _, f in results] for v, results in zip(VARIANTS, runs, strict=True)}
     print(f"{args.rounds} paired rounds x {args.events} events; us per event, min median max")
     print(f"{'variant':<10} {'producer':>23}   {'loop (fan-out)':>23}")
     ok = True
     for variant in VARIANTS:
         ok = ok and statistics.median(producer[variant]) < BUDGET_US
-        print(f"{variant:<10} {spread(producer[variant])}   {spread(fan_out[variant])}")
+        print(f"{variant:<10} {columns(producer[variant])}   {columns(fan_out[variant])}")
     ratios = [r / h for r, h in zip(fan_out["1 raising"], fan_out["1 sub"], strict=True)]
-    print(f"loop cost, raising / healthy subscriber per round: {spread(ratios)}")
+    print(f"loop cost, raising / healthy subscriber per round: {columns(ratios)}")
     verdict = "within" if ok else "OVER"
     print(f"producer cost {verdict} the {BUDGET_US:g} us budget (median of every variant)")
 

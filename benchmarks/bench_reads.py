@@ -24,19 +24,15 @@ import sqlite3
 import statistics
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+from _harness import fresh_database, paired_rounds, postgres_or_skip, spread
 from loguru import logger
 
 from market_data_store.sinks import PostgresBarsSink, SqliteBarsSink
 from market_data_store.sinks import sqlite as sqlite_sink
-from market_data_store.testing.postgres import PostgresServer, PostgresUnavailableError
 
 TARGET_BARS_PER_SEC = 150_000
 TARGET_SERIES_MS = 5.0
@@ -68,20 +64,6 @@ def range_bounds(n: int) -> tuple[datetime, datetime]:
 
 
 # -- measuring and reporting ---------------------------------------------------------------
-
-
-def spread(values: list[float], fmt: str) -> str:
-    return " / ".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))
-
-
-def paired(rounds: int, bare: Callable[[], Awaitable[float]], read: Callable[[], Awaitable[float]]):
-    bare_times: list[float] = []
-    read_times: list[float] = []
-    for i in range(rounds):
-        pair = [(bare, bare_times), (read, read_times)]
-        for timed, out in pair if i % 2 == 0 else reversed(pair):
-            out.append(asyncio.run(timed()))  # type: ignore[arg-type]
-    return bare_times, read_times
 
 
 def report_range(db: str, n: int, bare: list[float], read: list[float]) -> bool:
@@ -154,7 +136,7 @@ def bench_sqlite(args: argparse.Namespace) -> list[bool]:
             assert len(bars) == args.range_bars
             return elapsed
 
-        results = [report_range("SQLite", args.range_bars, *paired(args.rounds, bare, read))]
+        results = [report_range("SQLite", args.range_bars, *paired_rounds(args.rounds, bare, read))]
         results.append(bench_sqlite_series(path, args.rounds))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -186,46 +168,14 @@ def bench_sqlite_series(path: Path, rounds: int) -> bool:
 # -- PostgreSQL ----------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def fresh_database(admin_dsn: str) -> AsyncIterator[str]:
-    import asyncpg
-
-    name = f"mds_bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield urlunsplit(urlsplit(admin_dsn)._replace(path=f"/{name}"))
-    finally:
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
 def bench_postgres(args: argparse.Namespace) -> list[bool]:
     if not hasattr(PostgresBarsSink, "read"):
         print("PostgreSQL: skipped (PostgresBarsSink has no read() on this branch)")
         return []
-    server = None
-    admin_dsn = args.postgres_dsn
-    if admin_dsn is None:
-        server = PostgresServer()
-        try:
-            server.start()
-        except PostgresUnavailableError as exc:
-            server.destroy()
-            print(f"PostgreSQL: skipped ({exc})")
+    with postgres_or_skip(args.postgres_dsn, "PostgreSQL: skipped ({})") as admin_dsn:
+        if admin_dsn is None:
             return []
-        admin_dsn = server.dsn
-    try:
         return [asyncio.run(_postgres_rounds(admin_dsn, args))]
-    finally:
-        if server is not None:
-            server.destroy()
 
 
 async def _postgres_rounds(admin_dsn: str, args: argparse.Namespace) -> bool:

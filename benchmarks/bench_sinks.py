@@ -37,66 +37,29 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+from _harness import (
+    Timed,
+    fresh_database,
+    in_fresh_loop,
+    make_bars,
+    paired_rounds,
+    postgres_or_skip,
+    spread,
+    through_coordinator,
+)
 from loguru import logger
 
-from market_data_store.coordinator import WriteCoordinator
 from market_data_store.sinks import Bar, PostgresBarsSink, SqliteBarsSink
 from market_data_store.sinks import _sqlite_schema as sqlite_schema
 from market_data_store.sinks import sqlite as sqlite_sink
 from market_data_store.sinks.bar import BAR_FIELDS
-from market_data_store.testing.postgres import PostgresServer, PostgresUnavailableError
 
 TARGET_BARS_PER_SEC = 150_000
 TARGET_RATIO = 0.8
 PG_CONNECTIONS = 4  # PostgresBarsSink's default pool size: one connection per worker
-
-Timed = Callable[[], Awaitable[float]]
-
-
-def make_bars(n: int, symbols: int = 50) -> list[Bar]:
-    """``n`` one-minute bars across ``symbols`` symbols, interleaved as a live feed sends them."""
-    t0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
-    bars = []
-    for i in range(n):
-        o = 100.0 + (i % 17)
-        c = o + ((i % 5) - 2) * 0.25
-        bars.append(
-            Bar(
-                vendor="bench",
-                symbol=f"SYM{i % symbols:03d}",
-                timeframe="1m",
-                ts=t0 + timedelta(minutes=i // symbols),
-                open=o,
-                high=max(o, c) + 0.5,
-                low=min(o, c) - 0.5,
-                close=c,
-                volume=float(i),
-            )
-        )
-    return bars
-
-
-async def through_coordinator(sink: Any, bars: list[Bar]) -> float:
-    """Seconds from the first submit to the end of the drain, DEFAULT coordinator settings."""
-    coord: WriteCoordinator[Bar] = WriteCoordinator(sink=sink)
-    await coord.start()
-    started = time.perf_counter()
-    await coord.submit_many(bars)
-    await coord.stop(drain=True, timeout=300)
-    elapsed = time.perf_counter() - started
-    written = coord.stats().written
-    if written != len(bars):
-        raise RuntimeError(f"coordinator wrote {written} of {len(bars)} bars")
-    return elapsed
-
 
 # -- SQLite --------------------------------------------------------------------------------
 
@@ -194,32 +157,6 @@ def bench_keys(bars: list[Bar], args: argparse.Namespace) -> None:
 # -- PostgreSQL ----------------------------------------------------------------------------
 
 
-def dsn_for(dsn: str, database: str) -> str:
-    """``dsn`` (a postgresql:// URL) pointing at ``database``."""
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path=f"/{database}"))
-
-
-@asynccontextmanager
-async def fresh_database(admin_dsn: str) -> AsyncIterator[str]:
-    import asyncpg
-
-    name = f"mds_bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield dsn_for(admin_dsn, name)
-    finally:
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
 def postgres_timings(bars: list[Bar], admin_dsn: str) -> tuple[Timed, Timed]:
     rows = list(map(attrgetter(*BAR_FIELDS), bars))
     share = -(-len(rows) // PG_CONNECTIONS)
@@ -260,25 +197,6 @@ def postgres_timings(bars: list[Bar], admin_dsn: str) -> tuple[Timed, Timed]:
 # -- measuring and reporting ---------------------------------------------------------------
 
 
-def paired_rounds(rounds: int, bare: Timed, candidate: Timed) -> tuple[list[float], list[float]]:
-    """(bare seconds, candidate seconds) per round, order alternating, each in a fresh loop."""
-    bare_times: list[float] = []
-    candidate_times: list[float] = []
-    for i in range(rounds):
-        pair = [(bare, bare_times), (candidate, candidate_times)]
-        for timed, out in pair if i % 2 == 0 else reversed(pair):
-            out.append(asyncio.run(_call(timed)))
-    return bare_times, candidate_times
-
-
-async def _call(fn: Timed) -> float:
-    return await fn()
-
-
-def spread(values: list[float], fmt: str) -> str:
-    return " / ".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))
-
-
 def report(name: str, bare_name: str, n: int, bare: list[float], cand: list[float]) -> list[bool]:
     ratios = [b / c for b, c in zip(bare, cand, strict=True)]
     rates = [n / c for c in cand]
@@ -305,7 +223,7 @@ def profile(fn: Timed) -> None:
     """One more coordinated run under cProfile (only the main thread's Python work shows)."""
     profiler = cProfile.Profile()
     profiler.enable()
-    asyncio.run(_call(fn))
+    in_fresh_loop(fn)
     profiler.disable()
     pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
 
@@ -328,18 +246,9 @@ def bench_sqlite(bars: list[Bar], args: argparse.Namespace) -> list[bool]:
 
 
 def bench_postgres(bars: list[Bar], args: argparse.Namespace) -> list[bool]:
-    server = None
-    admin_dsn = args.postgres_dsn
-    if admin_dsn is None:
-        server = PostgresServer()
-        try:
-            server.start()
-        except PostgresUnavailableError as exc:
-            server.destroy()
-            print(f"PostgreSQL: skipped ({exc})")
+    with postgres_or_skip(args.postgres_dsn, "PostgreSQL: skipped ({})") as admin_dsn:
+        if admin_dsn is None:
             return []
-        admin_dsn = server.dsn
-    try:
         bare, coordinated = postgres_timings(bars, admin_dsn)
         results = report(
             "PostgreSQL",
@@ -349,9 +258,6 @@ def bench_postgres(bars: list[Bar], args: argparse.Namespace) -> list[bool]:
         )
         if args.profile:
             profile(coordinated)
-    finally:
-        if server is not None:
-            server.destroy()
     return results
 
 

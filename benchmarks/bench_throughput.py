@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import statistics
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from functools import partial
 from typing import Any
 
+from _harness import clock_overhead_ns, paired_rounds, spread
 from loguru import logger
 
 from market_data_store.coordinator import BoundedQueue, WriteCoordinator
@@ -110,37 +111,16 @@ CANDIDATES: list[tuple[str, Timed, float]] = [
 ]
 
 
-def run_fresh(fn: Timed, n: int) -> float:
-    """Seconds ``fn`` measures, in a new event loop, after a garbage collection."""
-    gc.collect()
-    return asyncio.run(fn(n))
-
-
 def paired_ratios(fn: Timed, n: int, rounds: int) -> list[float]:
-    """Per-round baseline time / candidate time, the order of the pair alternating."""
-    ratios = []
-    for r in range(rounds):
-        if r % 2 == 0:
-            base = run_fresh(baseline_asyncio_queue, n)
-            cand = run_fresh(fn, n)
-        else:
-            cand = run_fresh(fn, n)
-            base = run_fresh(baseline_asyncio_queue, n)
-        ratios.append(base / cand)
-    return ratios
+    """Per-round baseline time / candidate time, the order of the pair alternating, each run
+    in a new event loop after a garbage collection."""
+    base, cand = paired_rounds(
+        rounds, partial(baseline_asyncio_queue, n), partial(fn, n), collect=True
+    )
+    return [b / c for b, c in zip(base, cand, strict=True)]
 
 
 # -- the producer's cost of one emission ---------------------------------------------------
-
-
-def clock_overhead_ns(samples: int = 20_000) -> float:
-    """Median cost of two back-to-back perf_counter_ns() reads."""
-    clock = time.perf_counter_ns
-    deltas = []
-    for _ in range(samples):
-        t0 = clock()
-        deltas.append(clock() - t0)
-    return statistics.median(deltas)
 
 
 def make_bus(noop_subscribers: int, raising: bool) -> FeedbackBus:
@@ -198,11 +178,6 @@ BUS_CASES: list[tuple[str, int, bool, bool]] = [
 ]
 
 
-def summary(values: list[float], fmt: str) -> str:
-    low, mid, high = min(values), statistics.median(values), max(values)
-    return f"{low:{fmt}} / {mid:{fmt}} / {high:{fmt}}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--items", type=int, default=200_000, help="items moved per run")
@@ -215,13 +190,13 @@ def main() -> None:
     for name, fn, budget in CANDIDATES:
         ratios = paired_ratios(fn, n, rounds)
         verdict = "ok" if statistics.median(ratios) >= budget else "BELOW BUDGET"
-        print(f"  {name:36s} {summary(ratios, '6.2f')} x  (budget {budget:g}x: {verdict})")
+        print(f"  {name:36s} {spread(ratios, '6.2f')} x  (budget {budget:g}x: {verdict})")
 
     print(f"producer cost of handing an event to the bus, us ({rounds} rounds, min / median / max)")
     for name, subs, raising, whole in BUS_CASES:
         costs = [asyncio.run(publish_cost_us(subs, raising, whole)) for _ in range(rounds)]
         verdict = "ok" if statistics.median(costs) < BUS_BUDGET_US else "OVER BUDGET"
-        print(f"  {name:44s} {summary(costs, '5.2f')}  (budget < {BUS_BUDGET_US:g}: {verdict})")
+        print(f"  {name:44s} {spread(costs, '5.2f')}  (budget < {BUS_BUDGET_US:g}: {verdict})")
 
 
 if __name__ == "__main__":
