@@ -513,6 +513,22 @@ def test_row_conversion_matches_the_bar_values() -> None:
         sqlite_sink.sqlite_rows([*bars, {"symbol": "AAPL"}])
 
 
+def test_row_conversion_reuses_a_timestamp_only_for_the_same_instant() -> None:
+    """Equal UTC timestamps share their microseconds; wall times equal in one zone but at
+    different instants (a DST fold) do not."""
+    from zoneinfo import ZoneInfo
+
+    bars = make_bars(3, symbols=3)  # three symbols, one timestamp
+    new_york = ZoneInfo("America/New_York")
+    first = datetime(2024, 11, 3, 1, 30, tzinfo=new_york)  # EDT, UTC-4
+    second = first.replace(fold=1)  # the same wall time an hour later, EST, UTC-5
+    assert first == second and first.timestamp() != second.timestamp()
+    folded = [invalid_bar(ts=first), invalid_bar(ts=second), invalid_bar(ts=first)]
+    rows = sqlite_sink.sqlite_rows([*bars, *folded])
+    expected = [round(b.ts.timestamp() * 1e6) for b in [*bars, *folded]]
+    assert [row[3] for row in rows] == expected
+
+
 def file_size(path: Path) -> int:
     return path.stat().st_size
 
