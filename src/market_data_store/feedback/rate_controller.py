@@ -11,7 +11,9 @@ second) per coordinator it watches. It uses what the events carry, not only the 
   differed by at least 25 % it learns how many producers' worth of traffic the queue gets
   (the slope of the queue's growth against its own rate, at least 1) and takes that share of
   the drain. Producers that start alike so stay alike, and their cuts add up to the excess,
-  not to a multiple of it.
+  not to a multiple of it. A HARD that arrives while a planned lift into the SOFT band
+  (below) is still under way says the same sooner: the queue rose ``growth / own excess``
+  times faster than this producer's lift explains, so at least that many lifted together.
 - SOFT (the queue rose past ``low``): the rate becomes the share plus what moves the queue to
   the middle of the SOFT band within ``MOVE_SEC``, then the share itself: the queue holds
   where neither watermark is near, so the level stays put. OK after pressure: the same move,
@@ -70,6 +72,8 @@ MOVE_SEC = 1.0
 """After a measurement the queue is moved to the middle of the SOFT band in about this long,
 at most ``MOVE_FRACTION`` of the estimate above or below it."""
 MOVE_FRACTION = 0.5
+OVERSHOOT_MIN_RATIO = 1.5
+"""A lift overshooting to HARD this many times faster than planned counts the producers."""
 USED_FRACTION = 0.9
 """A producer admitted less than this fraction of its allowance does not use it: no raise."""
 MIN_SAMPLE_SEC = 0.5
@@ -135,6 +139,7 @@ class _CoordinatorState:
     probe_sec: float = 0.0  # seconds held back in the current OK spell
     hold_rate: float | None = None  # the rate to return to once a planned move is done
     move_until: float = math.inf
+    move_from: tuple[float, int, float] | None = None  # (time, queue size, own excess rate)
     watermarks: dict[BackpressureLevel, int] = field(default_factory=dict)  # sizes seen
 
 
@@ -290,6 +295,8 @@ class RateController(AsyncStartStop):
                 state.hard_cut_at = now  # e.g. circuit_open while HARD: a new reason to cut
                 self._set(state, state.rate * self._hard_factor)
             return
+        if event.level is HARD and previous is SOFT and now < state.move_until:
+            self._learn_from_overshoot(state, event, now)
         state.hold_rate, state.move_until = None, math.inf
         if event.reason in _MEASURED_REASONS:
             state.watermarks[event.level] = event.queue_size
@@ -348,6 +355,23 @@ class RateController(AsyncStartStop):
             state.producers = min(MAX_PRODUCERS, max(1.0, slope))
             state.producers_measured = True
 
+    def _learn_from_overshoot(
+        self, state: _CoordinatorState, event: FeedbackEvent, now: float
+    ) -> None:
+        """A planned lift into the SOFT band reached HARD before it was due to end: the queue
+        rose faster than this producer's own excess explains. Others lifted on the same
+        event; the ratio is how many producers' worth of traffic the queue receives."""
+        if state.producers_measured or state.move_from is None:
+            return
+        started, size, excess = state.move_from
+        if excess <= 0 or now <= started:
+            return
+        growth = (event.queue_size - size) / (now - started)
+        ratio = growth / excess
+        if ratio >= OVERSHOOT_MIN_RATIO:
+            state.producers = min(MAX_PRODUCERS, ratio)
+            state.producers_measured = True
+
     def _hard_rate(
         self, state: _CoordinatorState, event: FeedbackEvent, share: float | None
     ) -> float:
@@ -386,6 +410,7 @@ class RateController(AsyncStartStop):
         self._set(state, rate)
         if step and state.level is not OK:  # in OK the probe takes over from here
             state.hold_rate = share * (1 - HOLD_BIAS)
+            state.move_from = (now, event.queue_size, state.rate - share)
             seconds = (target - event.queue_size) / state.producers / step
             state.move_until = now + seconds
 
