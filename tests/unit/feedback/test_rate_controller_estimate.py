@@ -298,7 +298,8 @@ def test_four_controllers_share_one_queue_fairly_without_oscillating() -> None:
 
 def _small(clock: FakeClock, level: BackpressureLevel, seq: int, size: float) -> FeedbackEvent:
     """An event of a 1,000-item queue (low 500, high 800, recover 450)."""
-    return FeedbackEvent("a", round(size), 1000, level, ts=clock.now, seq=seq)
+    reason = "queue_recovered" if level is OK else None
+    return FeedbackEvent("a", round(size), 1000, level, reason, ts=clock.now, seq=seq)
 
 
 async def _lift_then_hard(clock: FakeClock, hard_after: float) -> RateController:
@@ -332,3 +333,47 @@ async def test_a_lift_that_overshoots_to_hard_learns_that_others_lifted_too(
     # with one producer assumed the queue's growth exceeds this one's whole admitted rate
     # (no estimate); counting the others leaves most of its own rate as its share
     assert learned is not None and 300 < learned <= 500
+
+
+async def _measured_lift(clock: FakeClock) -> tuple[RateController, float]:
+    """One producer, a 1,000-item queue draining 1,200/s: HARD, an OK 2 s later (the
+    estimate), then SOFT 1 s after that: a lift into the SOFT band. Returns the SOFT's size."""
+    rc = make(clock, max_rate=2000)
+    await rc(_small(clock, HARD, 1, 800))  # fallback: 1,000/s
+    admitted = await produce(rc, clock, 2.0)
+    size = 800 + admitted - 1200 * 2.0
+    await rc(_small(clock, OK, 2, size))
+    start = clock.now
+    admitted = await produce(rc, clock, 1.0)
+    size += admitted - 1200 * (clock.now - start)
+    await rc(_small(clock, SOFT, 3, size))
+    return rc, size
+
+
+async def test_an_ok_right_after_soft_while_lifting_keeps_the_lift(clock: FakeClock) -> None:
+    """An OK 0.1 s after the SOFT that started a lift is one worker's take crossing the whole
+    recover band (a batch wider than the band), not the queue falling: the lift goes on."""
+    rc, size = await _measured_lift(clock)
+    lifting = rc.rate
+    share = rc.drain_estimate("a")
+    assert share is not None and lifting > share
+    clock.now += 0.1
+    await rc(_small(clock, OK, 4, size - 100))
+    assert rc.rate == pytest.approx(lifting)
+    clock.now += 2.0  # the planned hold at the share is off: the lift ends at the next SOFT
+    assert rc.rate == pytest.approx(lifting)
+
+
+async def test_after_a_take_crossed_the_band_lifts_are_quicker(clock: FakeClock) -> None:
+    """Once a take has crossed the whole recover band, a lift into the SOFT band is planned
+    over WIDE_MOVE_SEC, not MOVE_SEC: a slow lift would hover where each take flips the
+    level."""
+    narrow, size = await _measured_lift(clock)
+    share = narrow.drain_estimate("a")
+    assert share is not None
+    slow = narrow.rate - share
+    clock.now += 0.1
+    await narrow(_small(clock, OK, 4, size - 100))  # the flap
+    clock.now += 0.05
+    await narrow(_small(clock, SOFT, 5, size))  # the same lift again
+    assert narrow.rate - share > 2 * slow
