@@ -11,11 +11,17 @@ second) per coordinator it watches. It uses what the events carry, not only the 
   differed by at least 25 % it learns how many producers' worth of traffic the queue gets
   (the slope of the queue's growth against its own rate, at least 1) and takes that share of
   the drain. Producers that start alike so stay alike, and their cuts add up to the excess,
-  not to a multiple of it.
+  not to a multiple of it. A HARD that arrives while a planned lift into the SOFT band
+  (below) is still under way says the same sooner: the queue rose ``growth / own excess``
+  times faster than this producer's lift explains, so at least that many lifted together.
 - SOFT (the queue rose past ``low``): the rate becomes the share plus what moves the queue to
   the middle of the SOFT band within ``MOVE_SEC``, then the share itself: the queue holds
   where neither watermark is near, so the level stays put. OK after pressure: the same move,
   then the probe (below) takes over, so recovery after the sink speeds up is immediate.
+  An OK within ``FLAP_SEC`` of a SOFT is one worker's take crossing the whole recover band
+  (a batch wider than the band): a lift under way goes on (no re-plan, no hold), and from
+  then on lifts take ``WIDE_MOVE_SEC`` (up to ``WIDE_MOVE_FRACTION`` above the share), since
+  a slow lift hovers where every take flips the level.
 - HARD: the share minus a margin that drains the queue within ``DRAIN_SEC`` (never below half
   the share), and at least ``hard_factor`` and ``HARD_MARGIN`` below the current rate: an
   estimate averages over its interval and lags a sudden drop of the sink.
@@ -70,6 +76,16 @@ MOVE_SEC = 1.0
 """After a measurement the queue is moved to the middle of the SOFT band in about this long,
 at most ``MOVE_FRACTION`` of the estimate above or below it."""
 MOVE_FRACTION = 0.5
+OVERSHOOT_MIN_RATIO = 1.5
+"""A lift overshooting to HARD this many times faster than planned counts the producers."""
+FLAP_SEC = 0.25
+"""An OK this soon after a SOFT is one worker's take carrying the queue across the whole
+recover band: the batch is wider than the band (the coordinator's queue is "wide")."""
+WIDE_MOVE_SEC = 0.25
+"""With a wide queue a lift into the SOFT band takes about this long (not ``MOVE_SEC``) ..."""
+WIDE_MOVE_FRACTION = 0.75
+"""... at most this fraction of the estimate above it: a slow lift hovers where a take
+flips the level each time."""
 USED_FRACTION = 0.9
 """A producer admitted less than this fraction of its allowance does not use it: no raise."""
 MIN_SAMPLE_SEC = 0.5
@@ -135,6 +151,10 @@ class _CoordinatorState:
     probe_sec: float = 0.0  # seconds held back in the current OK spell
     hold_rate: float | None = None  # the rate to return to once a planned move is done
     move_until: float = math.inf
+    move_from: tuple[float, int, float] | None = None  # (time, queue size, own excess rate)
+    moving_up: bool = False  # the last planned move lifts the queue
+    changed_at: float = -math.inf  # when the level last changed
+    wide: bool = False  # a take has crossed the whole recover band
     watermarks: dict[BackpressureLevel, int] = field(default_factory=dict)  # sizes seen
 
 
@@ -290,6 +310,22 @@ class RateController(AsyncStartStop):
                 state.hard_cut_at = now  # e.g. circuit_open while HARD: a new reason to cut
                 self._set(state, state.rate * self._hard_factor)
             return
+        if event.level is HARD and previous is SOFT and now < state.move_until:
+            self._learn_from_overshoot(state, event, now)
+        changed_at, state.changed_at = state.changed_at, now
+        if (
+            event.level is OK
+            and previous is SOFT
+            and event.reason == "queue_recovered"
+            and now - changed_at < FLAP_SEC
+        ):
+            # one worker take carried the queue from above low to below recover: the batch
+            # is wider than the band. While a move lifts the queue, keep it going.
+            state.wide = True
+            if state.moving_up:
+                state.ok_since, state.probe_sec = now, 0.0
+                state.hold_rate, state.move_until = None, math.inf
+                return
         state.hold_rate, state.move_until = None, math.inf
         if event.reason in _MEASURED_REASONS:
             state.watermarks[event.level] = event.queue_size
@@ -348,6 +384,23 @@ class RateController(AsyncStartStop):
             state.producers = min(MAX_PRODUCERS, max(1.0, slope))
             state.producers_measured = True
 
+    def _learn_from_overshoot(
+        self, state: _CoordinatorState, event: FeedbackEvent, now: float
+    ) -> None:
+        """A planned lift into the SOFT band reached HARD before it was due to end: the queue
+        rose faster than this producer's own excess explains. Others lifted on the same
+        event; the ratio is how many producers' worth of traffic the queue receives."""
+        if state.producers_measured or state.move_from is None:
+            return
+        started, size, excess = state.move_from
+        if excess <= 0 or now <= started:
+            return
+        growth = (event.queue_size - size) / (now - started)
+        ratio = growth / excess
+        if ratio >= OVERSHOOT_MIN_RATIO:
+            state.producers = min(MAX_PRODUCERS, ratio)
+            state.producers_measured = True
+
     def _hard_rate(
         self, state: _CoordinatorState, event: FeedbackEvent, share: float | None
     ) -> float:
@@ -373,8 +426,11 @@ class RateController(AsyncStartStop):
         low = state.watermarks.get(SOFT, int(event.capacity * 0.5))
         high = state.watermarks.get(HARD, int(event.capacity * 0.8))
         target = (low + high) / 2
-        step = (target - event.queue_size) / state.producers / MOVE_SEC
-        step = max(-MOVE_FRACTION * share, min(MOVE_FRACTION * share, step))
+        move_sec, fraction = (
+            (WIDE_MOVE_SEC, WIDE_MOVE_FRACTION) if state.wide else (MOVE_SEC, MOVE_FRACTION)
+        )
+        step = (target - event.queue_size) / state.producers / move_sec
+        step = max(-fraction * share, min(fraction * share, step))
         rate = share + step
         interval = state.interval
         if interval is not None and rate > state.rate:
@@ -384,8 +440,10 @@ class RateController(AsyncStartStop):
                 # others may be sending too, and raising their rates on the same event
                 rate = min(rate, UNMEASURED_RAISE * max(state.rate, interval.admitted_rate))
         self._set(state, rate)
+        state.moving_up = state.rate > share
         if step and state.level is not OK:  # in OK the probe takes over from here
             state.hold_rate = share * (1 - HOLD_BIAS)
+            state.move_from = (now, event.queue_size, state.rate - share)
             seconds = (target - event.queue_size) / state.producers / step
             state.move_until = now + seconds
 

@@ -294,3 +294,86 @@ def test_four_controllers_share_one_queue_fairly_without_oscillating() -> None:
     assert sum(sent) / (duration - 3.0) >= 0.98 * capacity
     changes = sum(1 for a, b in zip([OK, *run.levels], run.levels, strict=False) if a is not b)
     assert changes / duration < 0.5
+
+
+def _small(clock: FakeClock, level: BackpressureLevel, seq: int, size: float) -> FeedbackEvent:
+    """An event of a 1,000-item queue (low 500, high 800, recover 450)."""
+    reason = "queue_recovered" if level is OK else None
+    return FeedbackEvent("a", round(size), 1000, level, reason, ts=clock.now, seq=seq)
+
+
+async def _lift_then_hard(clock: FakeClock, hard_after: float) -> RateController:
+    """Four like producers feed a queue draining 1,600/s; this controller sees SOFT, an OK a
+    take caused, a SOFT that starts a lift into the band (its allowance above its share),
+    then HARD ``hard_after`` seconds later at the size the four of them carried it to."""
+    rc = make(clock, max_rate=500)
+    size = 510.0
+    await rc(_small(clock, SOFT, 1, size))  # fallback: 400/s, four of them: no growth
+    await produce(rc, clock, 1.0)
+    await rc(_small(clock, OK, 2, 440))  # one take from 510: share measured, about 470
+    size = 440 + 4 * await produce(rc, clock, 0.2) - 1600 * 0.2
+    await rc(_small(clock, SOFT, 3, size))  # the lift: 500/s each, ~30/s above the share
+    assert 0 < rc.rate - (rc.drain_estimate("a") or 0) < 100
+    start = clock.now
+    admitted = await produce(rc, clock, hard_after)
+    size += 4 * admitted - 1600 * (clock.now - start)
+    await rc(_small(clock, HARD, 4, size))
+    return rc
+
+
+async def test_a_lift_that_overshoots_to_hard_learns_that_others_lifted_too(
+    clock: FakeClock,
+) -> None:
+    """HARD arriving while a planned lift into the SOFT band is still under way: the queue
+    rose many times faster than this producer's own excess, so others lifted on the same
+    event. The controller counts them (its share of the growth shrinks) before the slope of
+    two intervals could tell it, and its next lift is smaller."""
+    rc = await _lift_then_hard(clock, 0.5)
+    learned = rc.drain_estimate("a")
+    # with one producer assumed the queue's growth exceeds this one's whole admitted rate
+    # (no estimate); counting the others leaves most of its own rate as its share
+    assert learned is not None and 300 < learned <= 500
+
+
+async def _measured_lift(clock: FakeClock) -> tuple[RateController, float]:
+    """One producer, a 1,000-item queue draining 1,200/s: HARD, an OK 2 s later (the
+    estimate), then SOFT 1 s after that: a lift into the SOFT band. Returns the SOFT's size."""
+    rc = make(clock, max_rate=2000)
+    await rc(_small(clock, HARD, 1, 800))  # fallback: 1,000/s
+    admitted = await produce(rc, clock, 2.0)
+    size = 800 + admitted - 1200 * 2.0
+    await rc(_small(clock, OK, 2, size))
+    start = clock.now
+    admitted = await produce(rc, clock, 1.0)
+    size += admitted - 1200 * (clock.now - start)
+    await rc(_small(clock, SOFT, 3, size))
+    return rc, size
+
+
+async def test_an_ok_right_after_soft_while_lifting_keeps_the_lift(clock: FakeClock) -> None:
+    """An OK 0.1 s after the SOFT that started a lift is one worker's take crossing the whole
+    recover band (a batch wider than the band), not the queue falling: the lift goes on."""
+    rc, size = await _measured_lift(clock)
+    lifting = rc.rate
+    share = rc.drain_estimate("a")
+    assert share is not None and lifting > share
+    clock.now += 0.1
+    await rc(_small(clock, OK, 4, size - 100))
+    assert rc.rate == pytest.approx(lifting)
+    clock.now += 2.0  # the planned hold at the share is off: the lift ends at the next SOFT
+    assert rc.rate == pytest.approx(lifting)
+
+
+async def test_after_a_take_crossed_the_band_lifts_are_quicker(clock: FakeClock) -> None:
+    """Once a take has crossed the whole recover band, a lift into the SOFT band is planned
+    over WIDE_MOVE_SEC, not MOVE_SEC: a slow lift would hover where each take flips the
+    level."""
+    narrow, size = await _measured_lift(clock)
+    share = narrow.drain_estimate("a")
+    assert share is not None
+    slow = narrow.rate - share
+    clock.now += 0.1
+    await narrow(_small(clock, OK, 4, size - 100))  # the flap
+    clock.now += 0.05
+    await narrow(_small(clock, SOFT, 5, size))  # the same lift again
+    assert narrow.rate - share > 2 * slow
