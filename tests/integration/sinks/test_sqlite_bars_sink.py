@@ -303,6 +303,8 @@ async def test_reads_by_series_are_index_searches(
         assert "SCAN" not in plan and "TEMP B-TREE" not in plan, plan
 
 
+# The table exactly as the round-one release (schema version 0: no user_version, no view)
+# made it, keyed vendor first: a frozen copy on purpose, never to follow _sqlite_schema.
 ROUND_ONE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS bars (
     vendor    TEXT    NOT NULL,
