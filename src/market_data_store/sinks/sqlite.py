@@ -30,10 +30,11 @@ transaction, keeping every row (version 0 -> 1 rebuilds the table with its new k
 refused with ``SchemaVersionError``.
 
 Errors: a batch holding something that is not a valid bar, or rows the table's constraints
-reject or SQLite cannot bind, raise ``PermanentSinkError`` (dead-letter it); a busy or
-locked database, other operational failures (disk full, I/O error) and unknown exceptions
-raise ``RetryableSinkError``. Whatever happens, a failed write rolls its transaction back,
-so the database is never left locked.
+reject or SQLite cannot bind, raise ``PermanentSinkError`` (dead-letter it); everything
+else (a busy, locked, read-only or full database, an I/O error, a missing table, unknown
+exceptions) raises ``RetryableSinkError``: only a batch's own content is its fault.
+Whatever happens, a failed write rolls its transaction back, so the database is never left
+locked.
 """
 
 from __future__ import annotations
@@ -88,22 +89,21 @@ ONE_MICROSECOND = timedelta(microseconds=1)
 MIN_TS_US = -(2**63)
 MAX_TS_US = 2**63 - 1
 
-# Primary result codes of failures that may pass: busy/locked, out of memory or disk, I/O.
-RETRYABLE_SQLITE_CODES = frozenset(
-    getattr(sqlite3, name)
-    for name in (
-        "SQLITE_BUSY",
-        "SQLITE_LOCKED",
-        "SQLITE_NOMEM",
-        "SQLITE_IOERR",
-        "SQLITE_FULL",
-        "SQLITE_CANTOPEN",
-        "SQLITE_PROTOCOL",
-        "SQLITE_INTERRUPT",
-    )
+# What only the batch's own content causes: a constraint it violates, a value too big or of the
+# wrong type (IntegrityError, DataError), a value SQLite cannot bind (ProgrammingError,
+# InterfaceError, or OverflowError and the like for an int beyond 64 bits, a lone surrogate).
+# Anything else (busy, locked, read-only, full, I/O, a table dropped under the sink...) is the
+# database's state, which a retry or an operator can fix: dead-lettering good bars for it
+# would be wrong.
+BATCH_CONTENT_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+    OverflowError,
+    TypeError,
+    ValueError,
 )
-# Raised while binding a value SQLite cannot store (an int beyond 64 bits, a lone surrogate).
-UNBINDABLE_VALUE_ERRORS = (OverflowError, TypeError, ValueError)
 
 _bar_values = itemgetter(*BAR_FIELDS)
 
@@ -155,24 +155,16 @@ def bars_of(rows: Iterable[Sequence[Any]]) -> list[Bar]:
 
 
 def classify_sqlite_error(exc: BaseException) -> SinkError:
-    """The sink error for anything a write raised.
+    """The sink error for anything a write or read raised.
 
-    Retryable: a busy, locked or failing database, and unknown exceptions. Permanent: data
-    SQLite rejects (constraint, type) or cannot bind (``OverflowError`` and the like).
+    Permanent: data SQLite rejects or cannot bind (``BATCH_CONTENT_ERRORS``). Retryable:
+    everything else, the database's state and unknown exceptions alike.
     """
     if isinstance(exc, SinkError):
         return exc
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        primary = code & 0xFF if isinstance(code, int) else None
-        if isinstance(exc, sqlite3.OperationalError) and (
-            primary is None or primary in RETRYABLE_SQLITE_CODES
-        ):
-            return RetryableSinkError(f"SQLite: {exc}")
+    if isinstance(exc, BATCH_CONTENT_ERRORS):
         return PermanentSinkError(f"SQLite rejected the batch: {type(exc).__name__}: {exc}")
-    if isinstance(exc, UNBINDABLE_VALUE_ERRORS):
-        return PermanentSinkError(f"SQLite cannot store a value: {type(exc).__name__}: {exc}")
-    return RetryableSinkError(f"SQLite write failed: {type(exc).__name__}: {exc}")
+    return RetryableSinkError(f"SQLite (retryable): {type(exc).__name__}: {exc}")
 
 
 def is_busy(error: SinkError) -> bool:

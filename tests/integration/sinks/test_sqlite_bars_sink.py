@@ -165,6 +165,21 @@ async def test_a_locked_database_is_retryable(db_path: Path, reader: sqlite3.Con
         assert await sink.count() == 10
 
 
+async def test_a_missing_table_is_retryable_and_writes_once_restored(
+    db_path: Path, reader: sqlite3.Connection
+) -> None:
+    """A database-side failure that is not the batch's fault (here the table dropped under the
+    sink) is retryable, not a verdict on the bars; the same batch lands once it is fixed."""
+    bars = make_bars(10)
+    async with SqliteBarsSink(db_path) as sink:
+        reader.execute("DROP TABLE bars")
+        with pytest.raises(RetryableSinkError, match="no such table"):
+            await sink.write(bars)
+        reader.execute(sqlite_schema.CREATE_TABLE)
+        await sink.write(bars)
+        assert await sink.count() == 10
+
+
 async def test_database_work_does_not_block_the_event_loop(
     db_path: Path, reader: sqlite3.Connection
 ) -> None:
