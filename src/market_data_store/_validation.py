@@ -33,3 +33,20 @@ def check_range(
         raise ConfigError(
             f"{name} must be a finite number satisfying {left}{name}{right}, got {value!r}"
         )
+
+
+def check_int(
+    name: str,
+    value: object,
+    *,
+    lo: int | None = None,
+    hi: int | None = None,
+    lo_open: bool = False,
+) -> None:
+    """Raise ``ConfigError`` naming ``name`` unless ``value`` is an int (not a ``bool``)
+    within the range that ``check_range`` checks."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        left = "" if lo is None else f"{lo} {'<' if lo_open else '<='} "
+        right = "" if hi is None else f" <= {hi}"
+        raise ConfigError(f"{name} must be an int satisfying {left}{name}{right}, got {value!r}")
+    check_range(name, value, lo=lo, hi=hi, lo_open=lo_open)

@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 from loguru import logger
 from pydantic import BaseModel
 
-from market_data_store.errors import ConfigError
+from market_data_store._validation import check_int
 
 T = TypeVar("T")
 
@@ -201,9 +201,8 @@ class DeadLetterQueue(Generic[T]):
         ``max_records``. Records count as ``replay`` returns them: corrupt lines are skipped
         (logged at WARNING) and take no place in the numbering.
         """
-        for name, value in (("max_records", max_records), ("offset", offset)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be an int with 0 <= {name}, got {value!r}")
+        check_int("max_records", max_records, lo=0)
+        check_int("offset", offset, lo=0)
         return await asyncio.to_thread(self._read, max_records, offset)
 
     def _read(self, max_records: int, offset: int = 0) -> list[DLQRecord[T]]:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from market_data_store._validation import check_int
 from market_data_store.coordinator.types import (
     CircuitOpenError,
     ConfigError,
@@ -73,9 +74,7 @@ class RetryPolicy:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
-            raise ConfigError(f"max_attempts must be an int >= 1, got {self.max_attempts!r}")
-        check_range("max_attempts", self.max_attempts, lo=1)
+        check_int("max_attempts", self.max_attempts, lo=1)
         check_range("initial_backoff_ms", self.initial_backoff_ms, lo=0)
         check_range("max_backoff_ms", self.max_backoff_ms, lo=0)
         if self.max_backoff_ms < self.initial_backoff_ms:  # name both: either may be the bad one

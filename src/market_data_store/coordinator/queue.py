@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from itertools import repeat, starmap
 from typing import Generic, NamedTuple, TypeVar
 
+from market_data_store._validation import check_int
 from market_data_store.coordinator._callbacks import CallbackRunner
 from market_data_store.coordinator.types import (
     OVERFLOW_STRATEGIES,
@@ -108,9 +109,7 @@ class BoundedQueue(Generic[T]):
         drop_callback: DropCallback[T] | None = None,
         bus: FeedbackBus | None = None,
     ) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int):
-            raise ConfigError(f"capacity must be an int with capacity > 0, got {capacity!r}")
-        check_range("capacity", capacity, lo=0, lo_open=True)
+        check_int("capacity", capacity, lo=0, lo_open=True)
         high = max(1, int(capacity * 0.8)) if high_watermark is None else high_watermark
         check_range("high_watermark", high, lo=0, hi=capacity, lo_open=True)
         if low_watermark is None:
@@ -126,11 +125,7 @@ class BoundedQueue(Generic[T]):
             recover = max(0, low - max(1, capacity // 20))
         else:
             recover = recover_watermark
-            if isinstance(recover, bool) or not isinstance(recover, int) or not 0 <= recover <= low:
-                raise ConfigError(
-                    f"recover_watermark must be an int with 0 <= recover_watermark <= "
-                    f"low_watermark ({low}), got {recover!r}"
-                )
+            check_int("recover_watermark", recover, lo=0, hi=low)
         if overflow_strategy not in OVERFLOW_STRATEGIES:
             raise ConfigError(
                 f"overflow_strategy must be one of {', '.join(OVERFLOW_STRATEGIES)}, "

@@ -16,6 +16,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from loguru import logger
 
 from market_data_store._context import AsyncStartStop
+from market_data_store._validation import check_int
 from market_data_store.coordinator import metrics
 from market_data_store.coordinator.dlq import DeadLetterQueue
 from market_data_store.coordinator.policy import CircuitBreaker, CircuitState, RetryPolicy
@@ -186,10 +187,8 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         explicit_batch_size = batch_size is not None
         if batch_size is None:  # the default: 500, or the capacity when that is smaller
             batch_size = min(DEFAULT_BATCH_SIZE, capacity) if _is_int(capacity) else 1
-        for name, value in (("workers", workers), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{name} must be an int with {name} > 0, got {value!r}")
-            check_range(name, value, lo=0, lo_open=True)
+        check_int("workers", workers, lo=0, lo_open=True)
+        check_int("batch_size", batch_size, lo=0, lo_open=True)
         check_range("flush_interval", flush_interval, lo=0, lo_open=True)
         if not coord_id or not isinstance(coord_id, str):
             raise ConfigError(f"coord_id must be a non-empty string, got {coord_id!r}")
@@ -729,12 +728,7 @@ def _max_batch_size(max_batch_size: int | None, batch_size: int, capacity: int) 
     """The explicit value checked against its range, else the default bounded by both."""
     if max_batch_size is None:
         return max(batch_size, min(DEFAULT_MAX_BATCH_SIZE, capacity))
-    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int):
-        raise ConfigError(
-            f"max_batch_size must be an int with batch_size ({batch_size}) <= max_batch_size "
-            f"<= capacity ({capacity}), got {max_batch_size!r}"
-        )
-    check_range("max_batch_size", max_batch_size, lo=batch_size, hi=capacity)
+    check_int("max_batch_size", max_batch_size, lo=batch_size, hi=capacity)
     return max_batch_size
 
 
