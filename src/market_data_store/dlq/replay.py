@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -142,9 +142,9 @@ async def replay_file(
         rows_after=await sink.count(),
     )
     if not report.complete:
-        return _replace(report, kept_at=claimed)
+        return replace(report, kept_at=claimed)
     archived = await asyncio.to_thread(_move, claimed, ARCHIVED_SUFFIX, when, source)
-    return _replace(report, archived_to=archived)
+    return replace(report, archived_to=archived)
 
 
 def _move(path: Path, suffix: str, now: datetime, named_after: Path | None = None) -> Path | None:
@@ -154,7 +154,3 @@ def _move(path: Path, suffix: str, now: datetime, named_after: Path | None = Non
     target = stamped(named_after or path, suffix, now)
     path.rename(target)
     return target
-
-
-def _replace(report: ReplayReport, **changes: Any) -> ReplayReport:
-    return ReplayReport(**{**report.__dict__, **changes})
