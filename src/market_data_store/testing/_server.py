@@ -4,9 +4,12 @@ folder."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
+
+_S = TypeVar("_S", bound="ThrowawayServer")
 
 
 class ThrowawayServer:
@@ -50,3 +53,30 @@ def log_tail(path: Path, lines: int) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def serve_for_tests(
+    server: _S,
+    unavailable: type[Exception],
+    *,
+    required: Callable[[], bool],
+    what: str,
+) -> Iterator[_S]:
+    """Start ``server`` for a pytest fixture, yield it and destroy it afterwards.
+
+    Where it cannot start (``unavailable`` raised), the test skips, or fails when
+    ``required()`` says the run demands the server (the ``MDS_REQUIRE_*`` variables).
+    """
+    import pytest  # only the test suite calls this; the library does not depend on pytest
+
+    try:
+        server.start()
+    except unavailable as exc:
+        server.destroy()
+        if required():
+            pytest.fail(f"{what} is required but cannot start: {exc}")
+        pytest.skip(f"{what} unavailable: {exc}")
+    try:
+        yield server
+    finally:
+        server.destroy()

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from market_data_store.testing._server import serve_for_tests
 from market_data_store.testing.redis import RedisServer, RedisUnavailableError, redis_required
 
 
@@ -14,18 +15,9 @@ from market_data_store.testing.redis import RedisServer, RedisUnavailableError, 
 def redis_server() -> Iterator[RedisServer]:
     """A fresh redis-server on 127.0.0.1 for one test (tests kill and restart it); skips
     (fails under MDS_REQUIRE_REDIS=1) where none can be started."""
-    server = RedisServer()
-    try:
-        server.start()
-    except RedisUnavailableError as exc:
-        server.destroy()
-        if redis_required():
-            pytest.fail(f"MDS_REQUIRE_REDIS=1 but redis-server cannot start: {exc}")
-        pytest.skip(f"redis-server unavailable: {exc}")
-    try:
-        yield server
-    finally:
-        server.destroy()
+    yield from serve_for_tests(
+        RedisServer(), RedisUnavailableError, required=redis_required, what="redis-server"
+    )
 
 
 @pytest.fixture

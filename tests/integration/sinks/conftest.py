@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from market_data_store.testing._server import serve_for_tests
 from market_data_store.testing.postgres import (
     PostgresServer,
     PostgresUnavailableError,
@@ -18,18 +19,9 @@ from market_data_store.testing.postgres import (
 def pg_server() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the session; skips (fails under MDS_REQUIRE_POSTGRES=1)
     where none can be started."""
-    server = PostgresServer()
-    try:
-        server.start()
-    except PostgresUnavailableError as exc:
-        server.destroy()
-        if postgres_required():
-            pytest.fail(f"MDS_REQUIRE_POSTGRES=1 but PostgreSQL cannot start: {exc}")
-        pytest.skip(f"PostgreSQL unavailable: {exc}")
-    try:
-        yield server
-    finally:
-        server.destroy()
+    yield from serve_for_tests(
+        PostgresServer(), PostgresUnavailableError, required=postgres_required, what="PostgreSQL"
+    )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
