@@ -7,7 +7,9 @@ import base64
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from typing import Any
 
 import httpx
@@ -122,6 +124,26 @@ async def test_client_error_is_not_retried(
         await wait_until(lambda: dropped("rejected") == rejected + 1)
     assert len(httpx_mock.get_requests()) == 1
     assert sends("client_error") == client_errors + 1
+
+
+async def test_retries_wait_out_a_growing_backoff(bus: FeedbackBus, httpx_mock: HTTPXMock) -> None:
+    """Each retry waits at least half of backoff_base * 2**(retry-1) after the failed attempt."""
+    sent_at: list[float] = []
+
+    async def fail(request: httpx.Request) -> httpx.Response:
+        sent_at.append(time.monotonic())
+        return httpx.Response(503)
+
+    httpx_mock.add_callback(fail, is_reusable=True)
+    gave_up = dropped("gave_up")
+    async with broadcaster(bus, max_retries=2, backoff_base=0.04):
+        await bus.publish(make_event())
+        await wait_until(lambda: dropped("gave_up") == gave_up + 1)
+    gaps = [later - earlier for earlier, later in pairwise(sent_at)]
+    slack = 0.005  # the loop's clock may wake a timer a hair early
+    assert len(gaps) == 2
+    assert gaps[0] >= 0.02 - slack
+    assert gaps[1] >= 0.04 - slack
 
 
 async def test_backoff_grows_exponentially_with_jitter_and_cap() -> None:
