@@ -202,8 +202,10 @@ def test_pipeline_process_rate_controller_follows_a_store_process_through_the_re
     emitted = drive_store(store, arrived)
     assert [r["event"] for r in received] == emitted
     rates = {(r["event"]["level"], r["event"]["reason"]): r["rate"] for r in received}
-    assert rates[("soft", None)] == pytest.approx(800.0)
-    assert rates[("hard", None)] == pytest.approx(400.0)
+    assert rates[("soft", None)] == pytest.approx(800.0)  # the first event: no estimate yet
+    # HARD cuts by at least hard_factor; deeper when a busy machine spaces SOFT and HARD more
+    # than MIN_SAMPLE_SEC apart and the controller estimates the drain instead.
+    assert 0.0 < rates[("hard", None)] <= 400.0 + 1e-9
     assert rates[("ok", "stopped")] == pytest.approx(1000.0)
     summary = pipeline_lines.next_json()["summary"]
     assert summary["events"] == len(emitted)
