@@ -37,7 +37,6 @@ import statistics
 import tempfile
 import time
 import uuid
-from operator import attrgetter
 from pathlib import Path
 
 from _harness import (
@@ -54,6 +53,7 @@ from loguru import logger
 
 from market_data_store.sinks import Bar, PostgresBarsSink, SqliteBarsSink
 from market_data_store.sinks import _sqlite_schema as sqlite_schema
+from market_data_store.sinks import postgres as postgres_sink
 from market_data_store.sinks import sqlite as sqlite_sink
 from market_data_store.sinks.bar import BAR_FIELDS
 
@@ -158,7 +158,7 @@ def bench_keys(bars: list[Bar], args: argparse.Namespace) -> None:
 
 
 def postgres_timings(bars: list[Bar], admin_dsn: str) -> tuple[Timed, Timed]:
-    rows = list(map(attrgetter(*BAR_FIELDS), bars))
+    rows = postgres_sink.pg_rows(bars)
     share = -(-len(rows) // PG_CONNECTIONS)
     chunks = [rows[i : i + share] for i in range(0, len(rows), share)]
 

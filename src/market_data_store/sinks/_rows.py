@@ -29,7 +29,15 @@ def rows_of(
     try:
         return fast(batch)
     except CONVERSION_ERRORS:
-        return [_checked_row(index, item, row_of) for index, item in enumerate(batch)]
+        return checked_rows(batch, row_of)
+
+
+def checked_rows(batch: Sequence[Any], row_of: Callable[[Bar], RowT]) -> list[RowT]:
+    """Each item validated as a ``Bar`` (a ``Bar`` is taken as it is) and converted.
+
+    Raises ``PermanentSinkError`` naming the first item that is not a valid bar.
+    """
+    return [_checked_row(index, item, row_of) for index, item in enumerate(batch)]
 
 
 def _checked_row(index: int, item: Any, row_of: Callable[[Bar], RowT]) -> RowT:

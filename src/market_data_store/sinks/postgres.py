@@ -33,14 +33,13 @@ from market_data_store.sinks._metrics import SinkMetrics
 from market_data_store.sinks._pg_copy import copy_payload
 from market_data_store.sinks._pg_errors import Redactor, classify
 from market_data_store.sinks._pg_schema import (
-    CREATE_TABLE,
     KEY_COLUMNS,
     SCHEMA_VERSION,
     TABLE,
     ensure_schema,
 )
 from market_data_store.sinks._read import BarReads, PageKey
-from market_data_store.sinks._rows import CONVERSION_ERRORS, rows_of
+from market_data_store.sinks._rows import CONVERSION_ERRORS, checked_rows
 from market_data_store.sinks.bar import (
     BAR_FIELDS,
     SERIES_FIELDS,
@@ -51,7 +50,6 @@ from market_data_store.sinks.bar import (
 
 PgRow = tuple[Any, ...]
 
-SCHEMA = CREATE_TABLE  # the current table's DDL (benchmarks create it bare)
 COLUMNS = ", ".join(BAR_FIELDS)
 COLUMN_TYPES = ("text", "text", "text", "timestamptz") + ("float8",) * 5
 # The conflict path: the batch as one array per column, upserted by one statement (no
@@ -112,12 +110,8 @@ def batch_payload(batch: Sequence[Any]) -> tuple[bytes, Sequence[Bar]]:
     try:
         return copy_payload(batch), batch
     except CONVERSION_ERRORS:
-        bars = rows_of(batch, _each_item, _encodable)
+        bars = checked_rows(batch, _encodable)
         return copy_payload(bars), bars
-
-
-def _each_item(batch: Sequence[Any]) -> list[Bar]:
-    raise TypeError("check each item")  # sends rows_of down its item-by-item path
 
 
 def _encodable(bar: Bar) -> Bar:
