@@ -149,3 +149,34 @@ def test_unsubscribe_from_another_thread_stops_delivery() -> None:
     asyncio.run(main())
     assert got == [1]
     assert bus.subscriber_count == 0
+
+
+def test_publish_nowait_from_a_thread_without_a_loop_reaches_a_running_loops_subscriber() -> None:
+    """A plain thread's publish_nowait() is delivered with no later publish on the loop."""
+    bus = FeedbackBus()
+    got: list[int] = []
+
+    async def main() -> None:
+        arrived = asyncio.Event()
+
+        async def subscriber(event: FeedbackEvent) -> None:
+            got.append(event.seq)
+            if event.seq == 3:
+                arrived.set()
+
+        bus.subscribe(subscriber)
+        await bus.publish(ev("a", 1), timeout=DEADLINE)  # the loop has dispatched once
+
+        def producer() -> None:
+            bus.publish_nowait(ev("a", 2))
+            bus.publish_nowait(ev("a", 3))
+
+        thread = threading.Thread(target=producer)
+        thread.start()
+        await asyncio.to_thread(thread.join, DEADLINE)
+        async with asyncio.timeout(DEADLINE):
+            await arrived.wait()
+        bus.unsubscribe(subscriber)
+
+    asyncio.run(main())
+    assert got == [1, 2, 3]
