@@ -294,6 +294,17 @@ def test_restarted_coordinator_after_stopped_starts_a_new_run(bus: FeedbackBus) 
     assert app.receive({}, body_of(event(2, HARD, ts=NOW - 99))) is not None
 
 
+def test_coordinators_remembered_for_ordering_are_bounded(
+    bus: FeedbackBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond MAX_COORDINATORS the least recently heard coordinator's last seq is forgotten."""
+    monkeypatch.setattr(receiver, "MAX_COORDINATORS", 3)
+    app = make(bus, secret=None)
+    for n in range(5):
+        assert app.receive({}, body_of(event(1, cid=f"c{n}"))) is not None
+    assert list(app._runs) == ["c2", "c3", "c4"]
+
+
 def test_restarted_coordinator_after_a_crash_is_not_ignored(bus: FeedbackBus) -> None:
     """After a crash a lower seq with a later ts starts a new run; a late old event stays out."""
     app = make(bus, secret=None)
