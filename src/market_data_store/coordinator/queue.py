@@ -198,6 +198,11 @@ class BoundedQueue(Generic[T]):
         return self._closed
 
     @property
+    def drop_callbacks_skipped(self) -> int:
+        """Drop callbacks skipped because their backlog was full."""
+        return self._callbacks.skipped
+
+    @property
     def size(self) -> int:
         """Number of queued items."""
         return len(self._items)

@@ -344,7 +344,7 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
             self._queue.level,
             self._state.value,
             ledger.worker_restarts,
-            _callbacks_skipped(self._queue),
+            self._queue.drop_callbacks_skipped,
         )
 
     def _workers_alive(self) -> int:
@@ -771,11 +771,6 @@ def _check_sink_open(sink: object) -> None:
             f"sink {sink!r} is {shown}: open it (e.g. `async with sink:`) before starting "
             "the coordinator"
         )
-
-
-def _callbacks_skipped(queue: BoundedQueue[Any]) -> int:
-    runner = getattr(queue, "_callbacks", None)
-    return int(getattr(runner, "skipped", 0))
 
 
 _running: weakref.WeakSet[WriteCoordinator[Any]] = weakref.WeakSet()
