@@ -395,9 +395,9 @@ class RedisFeedbackPublisher(_RedisTransport):
             _pub_dropped["not_newer"].inc(len(batch) - written)
         if remember:
             for event in batch:
-                if event.reason == "stopped":
-                    self._sent.pop(event.coordinator_id, None)
-                else:
+                # Re-inserted at the end, so the bound below evicts the quietest coordinator.
+                self._sent.pop(event.coordinator_id, None)
+                if event.reason != "stopped":
                     self._sent[event.coordinator_id] = event
             while len(self._sent) > self._max_pending:
                 del self._sent[next(iter(self._sent))]
@@ -533,6 +533,7 @@ class RedisFeedbackListener(_RedisTransport):
         if not is_newer(event, self._last.get(event.coordinator_id)):
             _lis_dropped["stale"].inc()
             return
+        self._last.pop(event.coordinator_id, None)  # to the end: the quietest is evicted
         self._last[event.coordinator_id] = event
         if len(self._last) > MAX_COORDINATORS:
             del self._last[next(iter(self._last))]

@@ -18,6 +18,7 @@ from market_data_store.feedback import (
     FeedbackSettings,
     RedisFeedbackListener,
     RedisFeedbackPublisher,
+    redis_transport,
 )
 from market_data_store.feedback._redis_wire import decode_event, encode_event, is_newer
 from market_data_store.testing.postgres import free_port
@@ -103,6 +104,32 @@ async def test_listener_passes_on_newer_events_only(dead_url: str) -> None:
         listener._accept(encode_event(event))  # what a pub/sub message or the hash hands in
     await bus.flush()
     assert [(e.seq, e.ts) for e in recorder.events] == [(1, 1.0), (3, 3.0), (4, 4.0), (1, 9.0)]
+
+
+async def test_listener_forgets_the_least_recently_heard_coordinator_beyond_its_bound(
+    dead_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_COORDINATORS the listener forgets the quietest one, so a busy coordinator's
+    stale repeat is still dropped and memory stays bounded."""
+    monkeypatch.setattr(redis_transport, "MAX_COORDINATORS", 3)
+    bus = FeedbackBus()
+    recorder = Recorder(bus)
+    listener = RedisFeedbackListener(dead_url, bus=bus)
+
+    def of(cid: str, seq: int) -> FeedbackEvent:
+        return FeedbackEvent(cid, 5, 10, SOFT, None, float(seq), seq)
+
+    for event in [of("a", 1), of("b", 1), of("c", 1), of("a", 2), of("d", 1), of("a", 2)]:
+        listener._accept(encode_event(event))
+    await bus.flush()
+    assert [(e.coordinator_id, e.seq) for e in recorder.events] == [
+        ("a", 1),
+        ("b", 1),
+        ("c", 1),
+        ("a", 2),
+        ("d", 1),
+    ]
+    assert sorted(listener._last) == ["a", "c", "d"]
 
 
 @pytest.mark.parametrize(
