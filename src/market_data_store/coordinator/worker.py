@@ -47,6 +47,14 @@ class WriteLedger:
         """Count ``count`` items dropped for ``reason``."""
         self.dropped[reason] = self.dropped.get(reason, 0) + count
 
+    def undrop(self, reason: str, count: int) -> None:
+        """Take back ``count`` items counted as dropped for ``reason`` (found after all)."""
+        left = self.dropped.get(reason, 0) - count
+        if left > 0:
+            self.dropped[reason] = left
+        else:
+            self.dropped.pop(reason, None)
+
 
 class Job(Generic[T]):
     """The items one worker is responsible for, as a stack of parts still to write.

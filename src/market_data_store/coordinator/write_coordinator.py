@@ -659,11 +659,7 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
     def _record_saved(self, task: asyncio.Task[None], count: int) -> None:
         ledger = self._ledger
         if task in self._abandoned:  # counted as dlq_failed at the deadline: correct that
-            left = ledger.dropped.get("dlq_failed", 0) - count
-            if left > 0:
-                ledger.dropped["dlq_failed"] = left
-            else:
-                ledger.dropped.pop("dlq_failed", None)
+            ledger.undrop("dlq_failed", count)
             logger.warning(
                 "coordinator {}: a DLQ save abandoned at the stop deadline completed later; "
                 "{} more items are in the DLQ",
