@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from loguru import logger
 from pytest_httpx import HTTPXMock
 
 from market_data_store.coordinator import WriteCoordinator
@@ -88,6 +89,27 @@ async def test_last_coordinator_to_stop_stops_the_shared_broadcaster(
     assert transport.state == "stopped"
     reasons = sorted((p["coordinator_id"], p["reason"]) for p in posted(httpx_mock))
     assert reasons == [("a", "stopped"), ("b", "stopped")]
+
+
+async def test_wired_webhook_url_credentials_reach_no_log_line(
+    monkeypatch: pytest.MonkeyPatch, httpx_mock: HTTPXMock, log_messages: list[str]
+) -> None:
+    """The auto-wiring's log lines (DEBUG and up) show the webhook URL without its secrets."""
+    password, token = "aut0-wire-pa55", "aut0-wire-t0ken"
+    monkeypatch.setenv("MDS_FB_ENABLE_HTTP_BROADCAST", "true")
+    monkeypatch.setenv(
+        "MDS_FB_FEEDBACK_WEBHOOK_URL", f"http://alice:{password}@hooks.test/feedback?t={token}"
+    )
+    httpx_mock.add_response(status_code=204, is_reusable=True)
+    records: list[str] = []
+    handler = logger.add(lambda m: records.append(str(m)), level="DEBUG", format="{message}")
+    try:
+        async with coordinator():
+            pass
+    finally:
+        logger.remove(handler)
+    assert any("hooks.test" in r for r in records)  # the wiring did log the URL
+    assert not [r for r in records if password in r or token in r]
 
 
 async def test_enabled_without_url_fails_start_naming_the_variable(
