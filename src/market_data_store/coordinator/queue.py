@@ -66,6 +66,16 @@ class _Getter:
         self.woken = False
 
 
+def default_high_watermark(capacity: int) -> int:
+    """The high watermark when none is given: 80 % of ``capacity``, at least 1."""
+    return max(1, int(capacity * 0.8))
+
+
+def default_low_watermark(capacity: int, high: int) -> int:
+    """The low watermark when none is given: half of ``capacity``, below ``high``."""
+    return min(capacity // 2, high - 1)
+
+
 class BoundedQueue(Generic[T]):
     """A bounded FIFO that reports its pressure level (OK / SOFT / HARD) as it fills and drains.
 
@@ -110,10 +120,10 @@ class BoundedQueue(Generic[T]):
         bus: FeedbackBus | None = None,
     ) -> None:
         check_int("capacity", capacity, lo=0, lo_open=True)
-        high = max(1, int(capacity * 0.8)) if high_watermark is None else high_watermark
+        high = default_high_watermark(capacity) if high_watermark is None else high_watermark
         check_range("high_watermark", high, lo=0, hi=capacity, lo_open=True)
         if low_watermark is None:
-            low = min(capacity // 2, high - 1)
+            low = default_low_watermark(capacity, high)
         else:
             low = low_watermark
             if not 0 <= low < high:

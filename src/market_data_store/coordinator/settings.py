@@ -13,11 +13,15 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from market_data_store._settings import MdsSettings
+from market_data_store.coordinator.queue import default_high_watermark, default_low_watermark
 from market_data_store.feedback.settings import (
     FeedbackSettings,
     check_webhook_url,
     decode_webhook_secret,
 )
+
+DEFAULT_BATCH_SIZE = 500
+"""The coordinator's batch size when none is given (bounded by the capacity)."""
 
 __all__ = [
     "CoordinatorRuntimeSettings",
@@ -83,13 +87,13 @@ class CoordinatorRuntimeSettings(MdsSettings):
 
     @model_validator(mode="after")
     def _check_watermarks(self) -> CoordinatorRuntimeSettings:
-        high = self.high_watermark if self.high_watermark is not None else None
+        high = self.high_watermark
         if high is not None and high > self.capacity:
             raise ValueError(
                 f"MDS_HIGH_WATERMARK must satisfy 0 < MDS_HIGH_WATERMARK <= MDS_CAPACITY "
                 f"({self.capacity}), got {high}"
             )
-        effective_high = high if high is not None else max(1, int(self.capacity * 0.8))
+        effective_high = high if high is not None else default_high_watermark(self.capacity)
         if self.low_watermark is not None and self.low_watermark >= effective_high:
             raise ValueError(
                 f"MDS_LOW_WATERMARK must satisfy 0 <= MDS_LOW_WATERMARK < high watermark "
@@ -114,7 +118,7 @@ class CoordinatorRuntimeSettings(MdsSettings):
             return
         low = self.low_watermark
         if low is None:
-            low = min(self.capacity // 2, high - 1)
+            low = default_low_watermark(self.capacity, high)
         if self.recover_watermark > low:
             raise ValueError(
                 f"MDS_RECOVER_WATERMARK must satisfy 0 <= MDS_RECOVER_WATERMARK <= low "
@@ -123,7 +127,7 @@ class CoordinatorRuntimeSettings(MdsSettings):
 
     def _check_max_batch_size(self) -> None:
         size = self.max_batch_size
-        batch_size = self.batch_size or min(500, self.capacity)  # None: the coordinator's default
+        batch_size = self.batch_size or min(DEFAULT_BATCH_SIZE, self.capacity)
         if size is not None and not batch_size <= size <= self.capacity:
             raise ValueError(
                 f"MDS_MAX_BATCH_SIZE must satisfy MDS_BATCH_SIZE ({batch_size}) <= "

@@ -21,7 +21,7 @@ from market_data_store.coordinator import metrics
 from market_data_store.coordinator.dlq import DeadLetterQueue
 from market_data_store.coordinator.policy import CircuitBreaker, CircuitState, RetryPolicy
 from market_data_store.coordinator.queue import BoundedQueue
-from market_data_store.coordinator.settings import CoordinatorRuntimeSettings
+from market_data_store.coordinator.settings import DEFAULT_BATCH_SIZE, CoordinatorRuntimeSettings
 from market_data_store.coordinator.types import (
     BackpressureCallback,
     ConfigError,
@@ -39,7 +39,6 @@ from market_data_store.feedback.events import BackpressureLevel
 
 T = TypeVar("T")
 
-DEFAULT_BATCH_SIZE = 500
 _CANCEL_GRACE_SEC = 0.25  # how long cancelled workers get to unwind after the stop deadline
 _SAVE_GRACE_SEC = 0.3  # how long DLQ saves may run past the stop deadline before abandoned
 _DLQ_RECORD_MAX_ITEMS = 10_000  # leftovers are saved in records of at most this many items
