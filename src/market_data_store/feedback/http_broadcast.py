@@ -43,8 +43,6 @@ DEFAULT_MAX_PENDING = 1024
 """How many coordinators may have an event waiting in the outbox at once."""
 BACKOFF_CAP = 30.0
 """Longest wait (seconds) between two attempts at one event."""
-CLOSE_GRACE = 1.0
-"""Seconds ``stop()`` allows the HTTP client to close its connections."""
 MAX_RESPONSE_BYTES = 4096
 """At most this much of a response body is read; the rest is never downloaded."""
 
@@ -344,13 +342,8 @@ class HttpFeedbackBroadcaster(AsyncStartStop):
 
     async def _close_client(self) -> None:
         client, self._client = self._client, None
-        if client is None:
-            return
-        try:
-            async with asyncio.timeout(CLOSE_GRACE):
-                await client.aclose()
-        except TimeoutError:
-            logger.debug("feedback webhook: client did not close within {} s", CLOSE_GRACE)
+        if client is not None:
+            await _sender.close_quietly(client.aclose, "webhook client")
 
 
 async def _read_at_most(response: httpx.Response, limit: int) -> None:

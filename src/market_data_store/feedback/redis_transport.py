@@ -47,7 +47,7 @@ from market_data_store.feedback._redis_wire import (
     latest_key,
     require_redis_package,
 )
-from market_data_store.feedback._sender import backoff_delay, finish_task
+from market_data_store.feedback._sender import backoff_delay, close_quietly, finish_task
 from market_data_store.feedback.bus import FeedbackBus, feedback_bus
 from market_data_store.feedback.events import FeedbackEvent
 from market_data_store.feedback.settings import FeedbackSettings, redact_url
@@ -63,8 +63,6 @@ DEFAULT_MAX_PENDING = 10_000
 """Events the publisher's outbox holds before it coalesces to the latest per coordinator."""
 MAX_BATCH = 500
 """Events written by one script call."""
-CLOSE_GRACE = 1.0
-"""Seconds ``stop()`` allows the client to close its connections."""
 IDLE_PING_SEC = 1.0
 """An idle publisher pings Redis this often, to notice a restart that emptied the hash."""
 MAX_COORDINATORS = 100_000
@@ -100,11 +98,7 @@ def _client(url: str, socket_timeout: float) -> Redis:
 async def _close_client(client: Redis | None, role: str) -> None:
     if client is None:
         return
-    try:
-        async with asyncio.timeout(CLOSE_GRACE):
-            await client.aclose()
-    except Exception as exc:  # closing a broken connection may fail; nothing to keep
-        logger.debug("feedback Redis {}: closing the client: {!r}", role, exc)
+    await close_quietly(client.aclose, f"Redis {role} client")
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
@@ -542,8 +536,4 @@ class RedisFeedbackListener(_RedisTransport):
 
 
 async def _close_pubsub(pubsub: PubSub) -> None:
-    try:
-        async with asyncio.timeout(CLOSE_GRACE):
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
-    except Exception as exc:
-        logger.debug("feedback Redis listener: closing pub/sub: {!r}", exc)
+    await close_quietly(pubsub.aclose, "Redis listener pub/sub")
