@@ -1,9 +1,10 @@
 """Prometheus metrics (default registry) of the write path (the signal path's are in
 ``market_data_store.feedback.metrics``).
 
-Per-item figures (submitted, dropped, queue depth) are plain integers in each coordinator's
-``stats()`` snapshot and are read by a collector at scrape time, so the hot path never touches
-a labelled child or a lock. Per-batch figures use ordinary counters, updated once per batch.
+Counts the coordinator keeps anyway (submitted, written, batches written, dropped, queue
+depth) are plain integers in each coordinator's ``stats()`` snapshot, read by a collector at
+scrape time, so neither the hot path nor a worker's success path touches a labelled child or
+a lock. Failure-path figures (write errors, DLQ) and the write latency use ordinary metrics.
 
 Label sets are bounded: when the last running coordinator with a given id stops (or is
 garbage-collected), every labelled child of that id is removed and its retired totals are
@@ -26,8 +27,6 @@ from prometheus_client.registry import Collector
 
 from market_data_store.feedback import metrics as feedback_metrics
 
-BATCHES_WRITTEN = Counter("mds_batches_written", "Batches written by sinks", ["coordinator_id"])
-ITEMS_WRITTEN = Counter("mds_items_written", "Items written by sinks", ["coordinator_id"])
 WRITE_ERRORS = Counter(
     "mds_write_errors", "Failed sink calls by error type", ["coordinator_id", "error_type"]
 )
@@ -47,8 +46,6 @@ WORKER_RESTARTS = Counter(
     ["coordinator_id"],
 )
 _PER_COORDINATOR = (
-    BATCHES_WRITTEN,
-    ITEMS_WRITTEN,
     WRITE_LATENCY,
     DLQ_RECORDS,
     DLQ_ITEMS,
@@ -61,6 +58,10 @@ class StatsSnapshot(Protocol):
 
     @property
     def submitted(self) -> int: ...
+    @property
+    def written(self) -> int: ...
+    @property
+    def batches_written(self) -> int: ...
     @property
     def dropped(self) -> dict[str, int]: ...
     @property
@@ -87,7 +88,13 @@ _live: weakref.WeakKeyDictionary[Any, weakref.finalize[Any, Any]] = weakref.Weak
 _live_ids: dict[str, int] = {}  # coordinator id -> live sources with that id
 _error_types: dict[str, set[str]] = {}  # coordinator id -> error_type labels in use
 # Final counts of stopped coordinators whose id is still live, so counters never go backwards.
-_retired_submitted: dict[str, float] = {}
+# Counters read from the ledger at scrape time: exported name and help, by stats field.
+_COUNTED = {
+    "submitted": ("mds_coordinator_submitted", "Items accepted by submit()"),
+    "written": ("mds_items_written", "Items written by sinks"),
+    "batches_written": ("mds_batches_written", "Batches written by sinks"),
+}
+_retired_counts: dict[tuple[str, str], float] = {}  # (coordinator id, stats field) -> total
 _retired_dropped: dict[tuple[str, str], float] = {}
 
 
@@ -108,7 +115,7 @@ def retire(source: StatsSource) -> None:
         return
     finalizer.detach()
     if _live_ids.get(source.coord_id, 0) > 1:
-        _add_counts(source.coord_id, source.stats(), _retired_submitted, _retired_dropped)
+        _add_counts(source.coord_id, source.stats(), _retired_counts, _retired_dropped)
     _release_id(source.coord_id)
 
 
@@ -129,7 +136,8 @@ def _release_id(coord_id: str) -> None:
         _remove(metric, coord_id)
     for error_type in _error_types.pop(coord_id, set()):
         _remove(WRITE_ERRORS, coord_id, error_type)
-    _retired_submitted.pop(coord_id, None)
+    for field in _COUNTED:
+        _retired_counts.pop((coord_id, field), None)
     for key in [key for key in _retired_dropped if key[0] == coord_id]:
         del _retired_dropped[key]
 
@@ -160,19 +168,21 @@ def _remove(metric: Counter | Histogram, *labels: str) -> None:
 def _add_counts(
     coord_id: str,
     stats: StatsSnapshot,
-    submitted: dict[str, float],
+    counts: dict[tuple[str, str], float],
     dropped: dict[tuple[str, str], float],
 ) -> None:
-    submitted[coord_id] = submitted.get(coord_id, 0.0) + stats.submitted
+    for field in _COUNTED:
+        counts[(coord_id, field)] = counts.get((coord_id, field), 0.0) + getattr(stats, field)
     for reason, n in stats.dropped.items():
         dropped[(coord_id, reason)] = dropped.get((coord_id, reason), 0.0) + n
 
 
 class _CoordinatorCollector(Collector):
     def collect(self) -> Iterator[Metric]:
-        submitted = CounterMetricFamily(
-            "mds_coordinator_submitted", "Items accepted by submit()", labels=["coordinator_id"]
-        )
+        counted = {
+            field: CounterMetricFamily(name, doc, labels=["coordinator_id"])
+            for field, (name, doc) in _COUNTED.items()
+        }
         dropped = CounterMetricFamily(
             "mds_coordinator_dropped",
             "Items dropped, by reason",
@@ -185,19 +195,19 @@ class _CoordinatorCollector(Collector):
             "Circuit breaker: 0 closed, 1 half-open, 2 open",
             labels=["coordinator_id"],
         )
-        sub_totals = dict(_retired_submitted)
+        count_totals = dict(_retired_counts)
         drop_totals = dict(_retired_dropped)
         for source in list(_live):
             stats, cid = source.stats(), source.coord_id
-            _add_counts(cid, stats, sub_totals, drop_totals)
+            _add_counts(cid, stats, count_totals, drop_totals)
             depth.add_metric([cid], stats.queue_size)
             alive.add_metric([cid], stats.workers_alive)
             circuit.add_metric([cid], CIRCUIT_STATE_VALUES[stats.circuit_state])
-        for cid, n in sub_totals.items():
-            submitted.add_metric([cid], n)
+        for (cid, field), n in count_totals.items():
+            counted[field].add_metric([cid], n)
         for (cid, reason), n in drop_totals.items():
             dropped.add_metric([cid, reason], n)
-        yield from (submitted, dropped, depth, alive, circuit)
+        yield from (*counted.values(), dropped, depth, alive, circuit)
 
 
 _collector = _CoordinatorCollector()
