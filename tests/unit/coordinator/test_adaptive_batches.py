@@ -12,7 +12,7 @@ from market_data_store.coordinator import WriteCoordinator
 from market_data_store.coordinator.queue import BoundedQueue
 from market_data_store.coordinator.types import ConfigError
 from market_data_store.coordinator.write_coordinator import DEFAULT_MAX_BATCH_SIZE
-from market_data_store.feedback import FeedbackBus
+from market_data_store.feedback import BackpressureLevel, FeedbackBus
 from market_data_store.testing.waits import wait_until
 
 DEADLINE = 5.0  # seconds; every wait below is bounded by it
@@ -108,6 +108,36 @@ async def test_deep_threshold_is_exclusive() -> None:
     assert await q.get_batch(3) == [0, 1, 2]
     await q.put_many(range(6, 10))  # 7 queued: deep, taken down to the high watermark (1)
     assert await q.get_batch(3) == list(range(3, 9))
+
+
+async def test_with_producers_blocked_on_a_full_queue_deep_takes_go_below_high_but_stay_hard() -> (
+    None
+):
+    """Producers waiting for room (a full queue, more items behind it): deep takes may go down
+    to recover + 1 + ``above``, so the sink gets larger batches, and the level stays HARD."""
+    q: BoundedQueue[int] = BoundedQueue(40, 32, 20, bus=FeedbackBus())  # recover 18
+    q.set_deep_batches(above=4, max_items=8)
+    await q.put_many(range(40))
+    assert q.level is BackpressureLevel.HARD
+    seq = q.stats().seq
+    producer = asyncio.create_task(q.put_many(range(40, 58)))  # 18 more
+    await wait_until(lambda: bool(q._putters), timeout=DEADLINE)
+    assert len(await q.get_batch(2)) == 8  # 40 -> 32: without waiting producers, 8 as well
+    # The producer was woken but has not run: its items still count as behind the queue.
+    assert len(await q.get_batch(2)) == 8  # 32 -> 24 (floor 18 + 1 + 4 = 23), not 2
+    assert len(await q.get_batch(2)) == 2  # 24: one more deep take would pass the floor
+    await asyncio.wait_for(producer, DEADLINE)
+    assert q.size == 40  # 22 left, then the producer's 18
+    assert q.level is BackpressureLevel.HARD and q.stats().seq == seq  # no event since
+
+
+async def test_without_producers_waiting_a_deep_take_still_stops_at_high() -> None:
+    """The control: the same full queue with no producer waiting leaves the high watermark."""
+    q: BoundedQueue[int] = BoundedQueue(40, 32, 20, bus=FeedbackBus())
+    q.set_deep_batches(above=4, max_items=8)
+    await q.put_many(range(40))
+    assert len(await q.get_batch(2)) == 8  # 40 -> 32
+    assert len(await q.get_batch(2)) == 2  # 32: at the high watermark, batch_size only
 
 
 async def test_get_batch_without_deep_batches_never_exceeds_max_items() -> None:
