@@ -245,6 +245,7 @@ class SqliteBarsSink(BarReads, AsyncOpenClose):
         self._conn: sqlite3.Connection | None = None
         self._read_conn: sqlite3.Connection | None = None
         self._pending: deque[Pending] = deque()  # appended on the loop, taken by the thread
+        self._writer_due = False  # a job is queued that has not yet looked at _pending
 
     @property
     def state(self) -> SinkState:
@@ -318,7 +319,9 @@ class SqliteBarsSink(BarReads, AsyncOpenClose):
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future[None] = loop.create_future()
         self._pending.append((batch, outcome))
-        self._executor.submit(self._write_pending, loop)
+        if not self._writer_due:  # else the writer's thread has yet to look: it finds it
+            self._writer_due = True
+            self._executor.submit(self._write_pending, loop)
         try:
             await outcome
         except SinkError as exc:
@@ -446,28 +449,33 @@ class SqliteBarsSink(BarReads, AsyncOpenClose):
     def _write_pending(self, loop: asyncio.AbstractEventLoop) -> None:
         """Write every batch waiting (up to ``GROUP_MAX_ROWS`` rows) and settle their futures.
 
-        One job is queued per ``write()``; a job that finds nothing waiting (an earlier job
-        took its batch into a group) returns at once.
+        A ``write()`` queues a job only when none is due (``_writer_due``: queued, not yet
+        looking); the job writes groups until it finds nothing waiting. One job per batch
+        cost a ``ThreadPoolExecutor.submit`` each and woke the thread for nothing while the
+        loop still held the GIL.
         """
-        group: list[Pending] = []
-        rows = 0
-        while self._pending and rows < GROUP_MAX_ROWS:
-            batch, outcome = self._pending.popleft()
-            if not outcome.cancelled():
-                group.append((batch, outcome))
-                rows += len(batch)
-        if not group:
-            return
-        try:
-            with gc_paused():  # conversion makes thousands of tuples and no cycles
-                errors = self._write_group([batch for batch, _ in group])
-        except Exception as exc:  # a bug here must fail the batches, not leave them waiting
-            error = RetryableSinkError(f"SQLite write failed: {type(exc).__name__}: {exc}")
-            errors = [error] * len(group)
-        try:
-            loop.call_soon_threadsafe(settle, [outcome for _, outcome in group], errors)
-        except RuntimeError:  # the loop has closed: no one is waiting any more
-            pass
+        while True:
+            # Cleared before looking: a batch appended from here on queues another job.
+            self._writer_due = False
+            group: list[Pending] = []
+            rows = 0
+            while self._pending and rows < GROUP_MAX_ROWS:
+                batch, outcome = self._pending.popleft()
+                if not outcome.cancelled():
+                    group.append((batch, outcome))
+                    rows += len(batch)
+            if not group:
+                return
+            try:
+                with gc_paused():  # conversion makes thousands of tuples and no cycles
+                    errors = self._write_group([batch for batch, _ in group])
+            except Exception as exc:  # a bug here must fail the batches, not leave them waiting
+                error = RetryableSinkError(f"SQLite write failed: {type(exc).__name__}: {exc}")
+                errors = [error] * len(group)
+            try:
+                loop.call_soon_threadsafe(settle, [outcome for _, outcome in group], errors)
+            except RuntimeError:  # the loop has closed: no one is waiting any more
+                pass
 
     def _write_group(self, batches: list[Sequence[Any]]) -> list[SinkError | None]:
         """Each batch's error (None: written); one transaction, else one per batch."""
