@@ -443,7 +443,10 @@ class BoundedQueue(Generic[T]):
             floor = self._high
             if self._putters or self._woken_putters:
                 floor = min(floor, self._recover + 1 + self._deep_above)
-            return max(max_items, min(self._deep_max_items, size - floor))
+            deep = min(self._deep_max_items, size - floor)
+            # Whole batches: a remainder would leave a few items that every idle worker then
+            # lingers on, each with its own timer.
+            return max(max_items, deep - deep % max_items)
         return max_items
 
     async def get_batch(self, max_items: int, linger: float = 0.0) -> list[T]:

@@ -64,8 +64,9 @@ async def test_a_deep_queue_is_taken_in_batches_of_up_to_max_batch_size() -> Non
         await coord.submit_many(range(2, 12))  # 10 queued > 2 * 1 worker: deep
         sink.release.set()
         await wait_until(lambda: sink.written == 12, timeout=DEADLINE)
-    # 10 queued: 6 (max_batch_size); 4 left, still deep: 3, leaving the high watermark's 1.
-    assert sink.batches == [[0, 1], [2, 3, 4, 5, 6, 7], [8, 9, 10], [11]]
+    # 10 queued: 6 (max_batch_size); 4 left, still deep: 3 would leave the high watermark's
+    # 1, but deep takes are whole batches: 2; then 2 queued, not deep: 2.
+    assert sink.batches == [[0, 1], [2, 3, 4, 5, 6, 7], [8, 9], [10, 11]]
 
 
 async def test_a_deep_take_stops_at_the_high_watermark() -> None:
