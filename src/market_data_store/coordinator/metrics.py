@@ -2,9 +2,10 @@
 ``market_data_store.feedback.metrics``).
 
 Counts the coordinator keeps anyway (submitted, written, batches written, dropped, queue
-depth) are plain integers in each coordinator's ``stats()`` snapshot, read by a collector at
-scrape time, so neither the hot path nor a worker's success path touches a labelled child or
-a lock. Failure-path figures (write errors, DLQ) and the write latency use ordinary metrics.
+depth) are plain integers in each coordinator's ``stats()`` snapshot, and the write latency
+is a ``LatencyHistogram`` of plain numbers; a collector reads them at scrape time, so neither
+the hot path nor a worker's success path touches a labelled child or a lock. Failure-path
+figures (write errors, DLQ, worker restarts) use ordinary metrics.
 
 Label sets are bounded: when the last running coordinator with a given id stops (or is
 garbage-collected), every labelled child of that id is removed and its retired totals are
@@ -18,11 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from market_data_store.feedback import metrics as feedback_metrics
@@ -30,12 +37,8 @@ from market_data_store.feedback import metrics as feedback_metrics
 WRITE_ERRORS = Counter(
     "mds_write_errors", "Failed sink calls by error type", ["coordinator_id", "error_type"]
 )
-WRITE_LATENCY = Histogram(
-    "mds_write_latency_seconds",
-    "Duration of successful sink calls",
-    ["coordinator_id"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+"""Upper bounds (seconds) of ``mds_write_latency_seconds``; a last bucket is ``+Inf``."""
 DLQ_RECORDS = Counter(
     "mds_dlq_records", "Batches written to the dead-letter queue", ["coordinator_id"]
 )
@@ -46,11 +49,43 @@ WORKER_RESTARTS = Counter(
     ["coordinator_id"],
 )
 _PER_COORDINATOR = (
-    WRITE_LATENCY,
     DLQ_RECORDS,
     DLQ_ITEMS,
     WORKER_RESTARTS,
 )
+
+
+class LatencyHistogram:
+    """Durations of one coordinator's successful sink calls, exported at scrape time as
+    ``mds_write_latency_seconds``: a count per bucket of ``LATENCY_BUCKETS`` (the last one
+    ``+Inf``) and their sum. ``observe`` is a bisect and two additions, against about 2 us
+    for prometheus_client's ``Histogram.observe`` (a lock per value it updates), and it runs
+    once per batch written."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one sink call that took ``seconds``."""
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def add(self, other: LatencyHistogram) -> None:
+        """Fold ``other``'s observations into this one."""
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.total += other.total
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative ``(le, count)`` pairs, as a Prometheus histogram exports them."""
+        bounds = [*map(str, LATENCY_BUCKETS), "+Inf"]
+        cumulative, running = [], 0
+        for bound, count in zip(bounds, self.counts, strict=True):
+            running += count
+            cumulative.append((bound, float(running)))
+        return cumulative
 
 
 class StatsSnapshot(Protocol):
@@ -96,14 +131,18 @@ _COUNTED = {
 }
 _retired_counts: dict[tuple[str, str], float] = {}  # (coordinator id, stats field) -> total
 _retired_dropped: dict[tuple[str, str], float] = {}
+_latency: weakref.WeakKeyDictionary[Any, LatencyHistogram] = weakref.WeakKeyDictionary()
+_retired_latency: dict[str, LatencyHistogram] = {}  # coordinator id -> stopped ones' latencies
 
 
-def track(source: StatsSource) -> None:
-    """Expose ``source``'s figures until ``retire`` is called (or it is collected)."""
+def track(source: StatsSource, latency: LatencyHistogram) -> None:
+    """Expose ``source``'s figures and ``latency`` until ``retire`` is called (or it is
+    collected)."""
     if source in _live:
         return
     cid = source.coord_id
     _live[source] = weakref.finalize(source, _release_id, cid)
+    _latency[source] = latency
     _live_ids[cid] = _live_ids.get(cid, 0) + 1
 
 
@@ -114,8 +153,11 @@ def retire(source: StatsSource) -> None:
     if finalizer is None:
         return
     finalizer.detach()
+    latency = _latency.pop(source, None)
     if _live_ids.get(source.coord_id, 0) > 1:
         _add_counts(source.coord_id, source.stats(), _retired_counts, _retired_dropped)
+        if latency is not None:
+            _retired_latency.setdefault(source.coord_id, LatencyHistogram()).add(latency)
     _release_id(source.coord_id)
 
 
@@ -138,6 +180,7 @@ def _release_id(coord_id: str) -> None:
         _remove(WRITE_ERRORS, coord_id, error_type)
     for field in _COUNTED:
         _retired_counts.pop((coord_id, field), None)
+    _retired_latency.pop(coord_id, None)
     for key in [key for key in _retired_dropped if key[0] == coord_id]:
         del _retired_dropped[key]
 
@@ -195,11 +238,22 @@ class _CoordinatorCollector(Collector):
             "Circuit breaker: 0 closed, 1 half-open, 2 open",
             labels=["coordinator_id"],
         )
+        latency = HistogramMetricFamily(
+            "mds_write_latency_seconds",
+            "Duration of successful sink calls",
+            labels=["coordinator_id"],
+        )
         count_totals = dict(_retired_counts)
         drop_totals = dict(_retired_dropped)
+        latency_totals: dict[str, LatencyHistogram] = {}
+        for cid, retired in _retired_latency.items():
+            latency_totals.setdefault(cid, LatencyHistogram()).add(retired)
         for source in list(_live):
             stats, cid = source.stats(), source.coord_id
             _add_counts(cid, stats, count_totals, drop_totals)
+            observed = _latency.get(source)
+            if observed is not None:
+                latency_totals.setdefault(cid, LatencyHistogram()).add(observed)
             depth.add_metric([cid], stats.queue_size)
             alive.add_metric([cid], stats.workers_alive)
             circuit.add_metric([cid], CIRCUIT_STATE_VALUES[stats.circuit_state])
@@ -207,7 +261,9 @@ class _CoordinatorCollector(Collector):
             counted[field].add_metric([cid], n)
         for (cid, reason), n in drop_totals.items():
             dropped.add_metric([cid, reason], n)
-        yield from (*counted.values(), dropped, depth, alive, circuit)
+        for cid, histogram in latency_totals.items():
+            latency.add_metric([cid], histogram.buckets(), histogram.total)
+        yield from (*counted.values(), dropped, depth, alive, circuit, latency)
 
 
 _collector = _CoordinatorCollector()

@@ -30,12 +30,14 @@ class WriteLedger:
         "batches_written",
         "dead_lettered",
         "dropped",
+        "latency",
         "worker_restarts",
         "write_errors",
         "written",
     )
 
     def __init__(self) -> None:
+        self.latency = metrics.LatencyHistogram()  # of successful sink calls
         self.written = 0
         self.batches_written = 0
         self.dead_lettered = 0
@@ -123,7 +125,7 @@ class SinkWorker(Generic[T]):
         self._wait_for_breaker = wait_for_breaker
         self._coord_id = coord_id
         self._job: Job[T] | None = job  # what this worker is responsible for
-        self._latency = metrics.WRITE_LATENCY.labels(coord_id)
+        self._latency = ledger.latency
 
     async def run(self) -> None:
         """Finish an inherited job, then take and write batches until the queue is closed

@@ -393,7 +393,7 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
             self._spawn(i, None)
         self._state = _State.RUNNING
         _running.add(self)
-        metrics.track(self)
+        metrics.track(self, self._ledger.latency)
         logger.info("coordinator {} started with {} workers", self._coord_id, self._workers_n)
 
     def _spawn(self, worker_id: int, job: Job[T] | None) -> None:

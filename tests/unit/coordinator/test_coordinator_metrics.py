@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 from prometheus_client import REGISTRY
 
 from market_data_store.coordinator import (
@@ -16,6 +17,7 @@ from market_data_store.coordinator import (
     RetryPolicy,
     WriteCoordinator,
 )
+from market_data_store.coordinator.metrics import LATENCY_BUCKETS, LatencyHistogram
 from market_data_store.testing.waits import wait_until
 
 
@@ -69,6 +71,13 @@ async def test_coordinator_figures_are_exported_and_stay_monotonic_after_stop(
     assert sample("mds_dlq_items_total", coordinator_id=cid) == 1  # only the bad item
     assert sample("mds_dlq_records_total", coordinator_id=cid) == 1
     assert sample("mds_write_errors_total", coordinator_id=cid, error_type="PermanentSinkError")
+    # One latency observation per successful sink call, cumulative buckets, a positive sum.
+    calls = coord.stats().batches_written
+    assert calls >= 3
+    assert sample("mds_write_latency_seconds_count", coordinator_id=cid) == calls
+    assert sample("mds_write_latency_seconds_bucket", coordinator_id=cid, le="+Inf") == calls
+    assert sample("mds_write_latency_seconds_bucket", coordinator_id=cid, le="0.0005") <= calls
+    assert sample("mds_write_latency_seconds_sum", coordinator_id=cid) > 0
     await coord.stop()
     assert labelled(cid) == []  # every label set of a stopped coordinator id is removed
 
@@ -116,6 +125,7 @@ async def test_counters_of_an_id_still_live_never_go_backwards(tmp_path: Path) -
     after = {name: sample(name, coordinator_id=cid) for name in COUNTERS}
     assert after == before
     assert before["mds_coordinator_submitted_total"] == 5
+    assert before["mds_write_latency_seconds_count"] >= 2  # a call each, at least
     await second.stop()
     assert labelled(cid) == []
 
@@ -125,6 +135,8 @@ COUNTERS = (
     "mds_items_written_total",
     "mds_batches_written_total",
     "mds_dlq_items_total",
+    "mds_write_latency_seconds_count",
+    "mds_write_latency_seconds_sum",
 )
 
 
@@ -152,3 +164,22 @@ async def test_feedback_event_label_sets_go_with_the_last_coordinator_of_an_id()
         ]
 
     await wait_until(lambda: feedback_samples() == [], what="feedback label sets removed")
+
+
+def test_latency_histogram_buckets_are_cumulative_and_bounds_inclusive() -> None:
+    """An observation equal to a bound counts in that bound's bucket (Prometheus' le), every
+    bucket counts what the lower ones do, +Inf counts everything, and add() folds two."""
+    histogram = LatencyHistogram()
+    for seconds in (0.0005, 0.0006, 0.3, 99.0):
+        histogram.observe(seconds)
+    buckets = dict(histogram.buckets())
+    assert list(buckets) == [*map(str, LATENCY_BUCKETS), "+Inf"]
+    assert buckets["0.0005"] == 1  # le: the bound itself is inside
+    assert buckets["0.001"] == 2
+    assert buckets["0.25"] == 2 and buckets["0.5"] == 3
+    assert buckets["5.0"] == 3 and buckets["+Inf"] == 4
+    other = LatencyHistogram()
+    other.observe(0.0001)
+    histogram.add(other)
+    assert dict(histogram.buckets())["0.0005"] == 2
+    assert histogram.total == pytest.approx(0.0005 + 0.0006 + 0.3 + 99.0 + 0.0001)
