@@ -262,13 +262,12 @@ async def test_hung_subscriber_delays_neither_producer_nor_other_subscribers() -
     async with asyncio.timeout(DEADLINE):
         await entered.wait()
 
-    started = time.perf_counter()
+    # publish_nowait is synchronous: these 100 hand-overs return without yielding to the
+    # loop, so the hung subscriber cannot hold them up (its cost is bench_throughput's).
     for seq in range(1, 101):
         bus.publish_nowait(ev("a", seq))
-    elapsed = time.perf_counter() - started
     await fast.wait_for(101)
     assert fast.seqs == list(range(101))
-    assert elapsed < 0.05  # 100 hand-overs; well under 1 us each when nothing blocks
     assert not never.done() and bus.backlog(hung) == 100
     bus.unsubscribe(hung)
 
