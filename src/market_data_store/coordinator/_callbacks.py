@@ -11,6 +11,8 @@ from typing import Any
 
 from loguru import logger
 
+from market_data_store._logging import log_exception
+
 DEFAULT_MAX_PENDING = 10_000
 
 
@@ -105,9 +107,7 @@ class CallbackRunner:
                 try:
                     await result
                 except Exception as exc:
-                    logger.opt(exception=exc).warning(
-                        "{}: callback {} raised", self._name, callback
-                    )
+                    log_exception("WARNING", exc, "{}: callback {} raised", self._name, callback)
         if self._task is asyncio.current_task():
             self._task = None
 
@@ -115,5 +115,5 @@ class CallbackRunner:
         try:
             return callback(*args)
         except Exception as exc:
-            logger.opt(exception=exc).warning("{}: callback {} raised", self._name, callback)
+            log_exception("WARNING", exc, "{}: callback {} raised", self._name, callback)
             return None

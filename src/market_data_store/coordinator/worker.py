@@ -9,6 +9,7 @@ from typing import Any, Generic, TypeVar
 
 from loguru import logger
 
+from market_data_store._logging import log_exception
 from market_data_store.coordinator import metrics
 from market_data_store.coordinator.policy import CircuitBreaker, RetryPolicy
 from market_data_store.coordinator.queue import BoundedQueue
@@ -180,7 +181,7 @@ class SinkWorker(Generic[T]):
 
     async def _worker_error(self, job: Job[T], exc: Exception) -> None:
         """A bug of ours must not kill the worker or lose the job: dead-letter what is left."""
-        logger.opt(exception=exc).error("worker {} failed on a batch", self.worker_id)
+        log_exception("ERROR", exc, "worker {} failed on a batch", self.worker_id)
         if self._job is job:
             self._job = None
             await self._dead_letter(job.items(), exc, self._metadata(0, "worker_error"))

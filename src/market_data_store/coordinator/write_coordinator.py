@@ -16,6 +16,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from loguru import logger
 
 from market_data_store._context import AsyncStartStop
+from market_data_store._logging import log_exception
 from market_data_store._validation import check_int
 from market_data_store.coordinator import metrics
 from market_data_store.coordinator.dlq import DeadLetterQueue
@@ -429,7 +430,9 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         self._ledger.worker_restarts += 1
         metrics.WORKER_RESTARTS.labels(self._coord_id).inc()
         replace = not self._past_deadline and self._state is not _State.STOPPED
-        logger.opt(exception=error).error(
+        log_exception(
+            "ERROR",
+            error,
             "coordinator {}: worker {} ended unexpectedly ({!r}){}",
             self._coord_id,
             worker.worker_id,
@@ -677,8 +680,8 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
             return  # already counted as dlq_failed at the deadline
         self._saving[task] = self._saving.get(task, count) - count
         self._ledger.drop("dlq_failed", count)
-        logger.opt(exception=exc).error(
-            "coordinator {}: DLQ write failed; {} items lost", self._coord_id, count
+        log_exception(
+            "ERROR", exc, "coordinator {}: DLQ write failed; {} items lost", self._coord_id, count
         )
 
     def _shutdown_metadata(self, reason: str) -> dict[str, Any]:

@@ -13,8 +13,7 @@ from collections import deque
 from collections.abc import Hashable
 from typing import Any
 
-from loguru import logger
-
+from market_data_store._logging import log_exception
 from market_data_store._validation import check_range
 from market_data_store.errors import ConfigError
 from market_data_store.feedback import metrics
@@ -228,7 +227,7 @@ def stop_task(task: asyncio.Task[None] | None) -> None:
             if coro is not None:
                 coro.close()
         except RuntimeError as exc:  # the subscriber awaited while being closed
-            logger.opt(exception=exc).debug("feedback: closing a stranded delivery task failed")
+            log_exception("DEBUG", exc, "feedback: closing a stranded delivery task failed")
 
 
 def check_timeout(timeout: float | None) -> None:

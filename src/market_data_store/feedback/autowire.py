@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 
 from loguru import logger
 
+from market_data_store._logging import log_exception
 from market_data_store.feedback.bus import FeedbackBus, feedback_bus
 from market_data_store.feedback.settings import FeedbackSettings, redact_url
 
@@ -228,6 +229,9 @@ async def _stop_all(bus: FeedbackBus, transports: list[FeedbackTransport], timeo
     )
     for transport, result in zip(transports, results, strict=True):
         if isinstance(result, BaseException):
-            logger.opt(exception=result).warning(
-                "feedback auto-wiring: stopping {} failed", transport.transport_key[0]
+            log_exception(
+                "WARNING",
+                result,
+                "feedback auto-wiring: stopping {} failed",
+                transport.transport_key[0],
             )

@@ -31,6 +31,7 @@ from collections.abc import Hashable, Iterable
 
 from loguru import logger
 
+from market_data_store._logging import log_exception
 from market_data_store._validation import check_range
 from market_data_store.feedback import metrics
 from market_data_store.feedback._mailbox import (
@@ -54,9 +55,6 @@ WARNING_INTERVAL_SEC = 60.0
 """At most one WARNING line per raising subscriber per this many seconds."""
 
 _clock = time.monotonic  # replaced by tests
-# Built once: logger.opt() per failure would build a logger each time. exception=True takes
-# sys.exc_info() at the call, only once a handler is known to want the record.
-_debug_with_traceback = logger.opt(exception=True).debug
 
 
 class FeedbackBus:
@@ -323,7 +321,9 @@ class FeedbackBus:
     def _subscriber_failed(self, mailbox: Mailbox, item: Item, exc: BaseException) -> None:
         """Count and log a subscriber's exception; called inside the ``except`` block."""
         mailbox.errors.inc()
-        _debug_with_traceback("feedback subscriber {} raised on {}", mailbox.name, event_of(item))
+        log_exception(
+            "DEBUG", exc, "feedback subscriber {} raised on {}", mailbox.name, event_of(item)
+        )
         mailbox.failures_unreported += 1
         now = _clock()
         if now - mailbox.warned_at >= WARNING_INTERVAL_SEC:

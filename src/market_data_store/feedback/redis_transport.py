@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Self
 from loguru import logger
 
 from market_data_store._context import AsyncStartStop
+from market_data_store._logging import log_exception
 from market_data_store.feedback._redis_wire import (
     DEFAULT_CHANNEL,
     PUBLISH_SCRIPT,
@@ -346,7 +347,7 @@ class RedisFeedbackPublisher(_RedisTransport):
                 self._resend = True
                 await self._back_off(exc)
             except Exception as exc:  # a bug in one batch must not end the sender
-                logger.opt(exception=exc).warning("feedback Redis publisher: write failed")
+                log_exception("WARNING", exc, "feedback Redis publisher: write failed")
                 self._resend = False
                 await asyncio.sleep(self._backoff_cap)  # no hot loop on a repeating bug
 
