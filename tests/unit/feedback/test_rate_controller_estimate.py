@@ -377,3 +377,72 @@ async def test_after_a_take_crossed_the_band_lifts_are_quicker(clock: FakeClock)
     clock.now += 0.05
     await narrow(_small(clock, SOFT, 5, size))  # the same lift again
     assert narrow.rate - share > 2 * slow
+
+
+# -- the sawtooth: sizes caught before or after a take ---------------------------------------
+
+
+def _big(clock: FakeClock, level: BackpressureLevel, seq: int, size: float) -> FeedbackEvent:
+    """An event of a 100,000-item queue; an OK is one a take caused (``queue_recovered``)."""
+    reason = "queue_recovered" if level is OK else None
+    return FeedbackEvent("a", round(size), 100_000, level, reason, ts=clock.now, seq=seq)
+
+
+async def paced(rc: RateController, clock: FakeClock, seconds: float, rate: float = 800) -> int:
+    """A producer sending ``rate`` items/s (below its allowance) for ``seconds``."""
+    end, items = clock.now + seconds, 0
+    while clock.now < end - 1e-9:
+        clock.now += 10 / rate
+        await rc.acquire(10)
+        items += 10
+    return items
+
+
+async def test_a_run_of_agreeing_intervals_is_measured_as_one(clock: FakeClock) -> None:
+    """Sizes caught 50 above, at, 50 below and 50 above the queue's average level, 1 s apart:
+    each interval is off by up to 100/s, but over the run only the two ends count and they
+    cancel (the last two intervals alone would say 2 % low)."""
+    rc = make(clock, max_rate=2000)
+    drain, level = 1200.0, 20_000.0
+    for seq, (kind, error) in enumerate([(SOFT, 50), (HARD, 0), (OK, -50), (SOFT, 50)], 1):
+        if seq > 1:
+            start = clock.now
+            level += await paced(rc, clock, 1.0) - drain * (clock.now - start)
+        await rc(at(clock, kind, seq, level + error))
+    assert rc.drain_estimate("a") == pytest.approx(drain, rel=0.01)
+
+
+async def test_an_event_too_soon_to_measure_extends_the_interval(clock: FakeClock) -> None:
+    """An event 0.05 s after the last measured one is too short an interval by itself, but it
+    moves the estimate's end to its own size: a HARD caught 50 above the average level, then
+    an OK caught at it, measure the drain exactly (the HARD alone: 4 % low)."""
+    rc = make(clock, max_rate=2000)
+    drain, level = 1200.0, 20_000.0
+    await rc(at(clock, SOFT, 1, level))
+    for seq, (kind, seconds, error) in enumerate([(HARD, 1.0, 50), (OK, 0.05, 0)], 2):
+        start = clock.now
+        level += await paced(rc, clock, seconds) - drain * (clock.now - start)
+        await rc(at(clock, kind, seq, level + error))
+    assert rc.drain_estimate("a") == pytest.approx(drain, rel=0.01)
+
+
+async def test_after_a_flap_an_ok_after_a_take_counts_half_a_take_higher(
+    clock: FakeClock,
+) -> None:
+    """A SOFT caught 50 above the average level and an OK a take of 100 later (a flap) show
+    the take; the OK that a take caused sits at the sawtooth's trough, so the next interval
+    starts from half a take above its size and measures the new drain exactly (from the OK's
+    own size: 4 % low)."""
+    rc = make(clock, max_rate=2000)
+    level = 20_000.0
+    await rc(_big(clock, HARD, 1, level))
+    start = clock.now
+    level += await paced(rc, clock, 1.0) - 2000 * (clock.now - start)
+    await rc(_big(clock, OK, 2, level - 50))  # a take's trough
+    await rc(_big(clock, SOFT, 3, level + 50))  # the top, just before the next take
+    await rc(_big(clock, OK, 4, level - 50))  # the flap: a take of 100
+    start = clock.now
+    drain = 1200.0  # the sink slowed: the interval before no longer agrees
+    level += await paced(rc, clock, 1.0) - drain * (clock.now - start)
+    await rc(_big(clock, HARD, 5, level))
+    assert rc.drain_estimate("a") == pytest.approx(drain, rel=0.01)
