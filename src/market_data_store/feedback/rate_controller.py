@@ -20,7 +20,9 @@ second) per coordinator it watches. It uses what the events carry, not only the 
   the drain. Producers that start alike so stay alike, and their cuts add up to the excess,
   not to a multiple of it. A HARD that arrives while a planned lift into the SOFT band
   (below) is still under way says the same sooner: the queue rose ``growth / own excess``
-  times faster than this producer's lift explains, so at least that many lifted together.
+  times faster than this producer's lift explains, so at least that many lifted together;
+  this also corrects a count the slope made too low (across a change of the sink, or before
+  others joined).
 - SOFT (the queue rose past ``low``): the rate becomes the share plus what moves the queue to
   the middle of the SOFT band within ``MOVE_SEC``, then the share itself: the queue holds
   where neither watermark is near, so the level stays put. OK after pressure: the same move,
@@ -86,7 +88,8 @@ MOVE_SEC = 1.0
 at most ``MOVE_FRACTION`` of the estimate above or below it."""
 MOVE_FRACTION = 0.5
 OVERSHOOT_MIN_RATIO = 1.5
-"""A lift overshooting to HARD this many times faster than planned counts the producers."""
+"""A lift overshooting to HARD this many times faster than planned (for the producers counted
+so far) counts the producers."""
 FLAP_SEC = 0.25
 """An OK this soon after a SOFT is one worker's take carrying the queue across the whole
 recover band: the batch is wider than the band (the coordinator's queue is "wide")."""
@@ -437,15 +440,17 @@ class RateController(AsyncStartStop):
     ) -> None:
         """A planned lift into the SOFT band reached HARD before it was due to end: the queue
         rose faster than this producer's own excess explains. Others lifted on the same
-        event; the ratio is how many producers' worth of traffic the queue receives."""
-        if state.producers_measured or state.move_from is None:
+        event; the ratio is how many producers' worth of traffic the queue receives. It
+        overrides a count the slope made only when it is ``OVERSHOOT_MIN_RATIO`` times that
+        count: a slope across a change of the sink, or before others joined, can be low."""
+        if state.move_from is None:
             return
         started, size, excess = state.move_from
         if excess <= 0 or now <= started:
             return
         growth = (event.queue_size - size) / (now - started)
         ratio = growth / excess
-        if ratio >= OVERSHOOT_MIN_RATIO:
+        if ratio >= OVERSHOOT_MIN_RATIO * state.producers:
             state.producers = min(MAX_PRODUCERS, ratio)
             state.producers_measured = True
 

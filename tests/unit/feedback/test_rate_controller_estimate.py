@@ -446,3 +446,36 @@ async def test_after_a_flap_an_ok_after_a_take_counts_half_a_take_higher(
     level += await paced(rc, clock, 1.0) - drain * (clock.now - start)
     await rc(_big(clock, HARD, 5, level))
     assert rc.drain_estimate("a") == pytest.approx(drain, rel=0.01)
+
+
+async def test_a_lift_that_overshoots_recounts_producers_a_slope_counted_too_low(
+    clock: FakeClock,
+) -> None:
+    """Four producers in step; the sink slows between the first two intervals, so their slope
+    counts 1.2 producers. A planned lift into the SOFT band then reaches HARD many times
+    faster than 1.2 producers' excess explains: the count is redone, and the share of the
+    drain comes near a quarter (with 1.2 producers it would be under a third of it)."""
+    rc = make(clock, max_rate=2000)
+    level = 20_000.0
+
+    async def four_send(seconds: float, drain: float, pace: float | None = None) -> None:
+        nonlocal level
+        start = clock.now
+        if pace is None:
+            sent = await produce(rc, clock, seconds)
+        else:
+            sent = await paced(rc, clock, seconds, pace)
+        level += 4 * sent - drain * (clock.now - start)
+
+    await rc(at(clock, SOFT, 1, level))
+    await four_send(1.0, 6000)
+    await rc(at(clock, HARD, 2, level))
+    await four_send(1.0, 3200)  # the sink slowed: the slope of the two says 1.2 producers
+    await rc(at(clock, OK, 3, level))
+    await four_send(1.0, 3200, pace=650)  # near the last interval's rate: no new slope
+    await rc(at(clock, SOFT, 4, level))  # a lift into the SOFT band, planned for 1.2
+    assert rc.rate > (rc.drain_estimate("a") or 0)
+    await four_send(0.3, 3200)  # all four lift
+    await rc(at(clock, HARD, 5, level))
+    share = rc.drain_estimate("a")
+    assert share is not None and 0.5 * 800 < share < 1.5 * 800
