@@ -46,7 +46,8 @@ second) per coordinator it watches. It uses what the events carry, not only the 
   ``PROBE_DOUBLING_SEC`` held back in the same OK spell: gentle at first, fast when the sink
   has grown a lot; the next SOFT measures again and takes the overshoot back. An estimate
   never raises the rate of a producer that admitted less than ``USED_FRACTION`` of its
-  allowance: an idle or slower producer earns no headroom.
+  allowance, less one ``acquire()`` (which may be under way as the event arrives): an idle
+  or slower producer earns no headroom.
 - An event whose ``seq`` is older than the last one seen for its coordinator is stale and
   ignored. An event with reason ``"stopped"`` forgets the coordinator: it no longer limits the
   rate, and a restarted coordinator with the same id may begin its ``seq`` again.
@@ -99,10 +100,12 @@ WIDE_MOVE_FRACTION = 0.75
 """... at most this fraction of the estimate above it: a slow lift hovers where a take
 flips the level each time."""
 USED_FRACTION = 0.9
-"""A producer admitted less than this fraction of its allowance does not use it: no raise."""
+"""A producer admitted less than this fraction of its allowance (plus one acquire()) does not
+use it: no raise."""
 MIN_SAMPLE_SEC = 0.5
-"""An interval shorter than this is not measured: a worker taking one batch would swamp it.
-The next event is then measured from the same earlier one."""
+"""An interval shorter than this is not measured by itself (a worker taking one batch would
+swamp it): it extends the latest interval, or, before there is one, the next event is
+measured from the same earlier one."""
 MAX_PRODUCERS = 64.0
 """Bound of the estimated number of producers' worth of traffic the queue receives."""
 UNMEASURED_RAISE = 1.25
@@ -264,6 +267,7 @@ class RateController(AsyncStartStop):
         self._states: dict[str, _CoordinatorState] = {}
         self._tokens = 0.0
         self._admitted = 0.0
+        self._last_n = 0.0  # admissions come in acquire() steps: one may be under way
         self._allowed = 0.0
         self._updated_at = clock()
         self._lock = asyncio.Lock()
@@ -309,6 +313,7 @@ class RateController(AsyncStartStop):
                 self._tokens += n
                 raise
             self._admitted += n
+            self._last_n = n
 
     async def __call__(self, event: FeedbackEvent) -> None:
         """Apply one feedback event (the ``FeedbackSubscriber`` protocol)."""
@@ -394,7 +399,7 @@ class RateController(AsyncStartStop):
         interval = _Interval(
             admitted_rate=admitted / received_span,
             growth=(_level(state, sample) - _level(state, last)) / span,
-            used=admitted >= USED_FRACTION * (sample.allowed - last.allowed),
+            used=admitted + self._last_n >= USED_FRACTION * (sample.allowed - last.allowed),
             span=span,
         )
         if span < MIN_SAMPLE_SEC:

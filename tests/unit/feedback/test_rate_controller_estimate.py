@@ -479,3 +479,17 @@ async def test_a_lift_that_overshoots_recounts_producers_a_slope_counted_too_low
     await rc(at(clock, HARD, 5, level))
     share = rc.drain_estimate("a")
     assert share is not None and 0.5 * 800 < share < 1.5 * 800
+
+
+async def test_a_producer_waiting_for_its_next_acquire_is_using_its_allowance(
+    clock: FakeClock,
+) -> None:
+    """Admissions come in acquire() steps: at 50/s in steps of 10, an event 0.15 s into the
+    wait for the third step finds 20 of 27.5 items admitted. That producer uses its
+    allowance (one step is under way), so a fast drain raises it."""
+    rc = make(clock, max_rate=100)
+    await rc(at(clock, HARD, 1, 8000))  # fallback: 50/s
+    admitted = await produce(rc, clock, 0.4)
+    clock.now += 0.15  # the third acquire(10) is waiting
+    await rc(at(clock, OK, 2, 8000 + admitted - 2000 * clock.now))
+    assert rc.rate > 50
