@@ -46,8 +46,8 @@ second) per coordinator it watches. It uses what the events carry, not only the 
   ``PROBE_DOUBLING_SEC`` held back in the same OK spell: gentle at first, fast when the sink
   has grown a lot; the next SOFT measures again and takes the overshoot back. An estimate
   never raises the rate of a producer that admitted less than ``USED_FRACTION`` of its
-  allowance, less one ``acquire()`` (which may be under way as the event arrives): an idle
-  or slower producer earns no headroom.
+  allowance, counting one more ``acquire()`` (it may be waiting as the event arrives): an
+  idle or slower producer earns no headroom.
 - An event whose ``seq`` is older than the last one seen for its coordinator is stale and
   ignored. An event with reason ``"stopped"`` forgets the coordinator: it no longer limits the
   rate, and a restarted coordinator with the same id may begin its ``seq`` again.
@@ -100,8 +100,8 @@ WIDE_MOVE_FRACTION = 0.75
 """... at most this fraction of the estimate above it: a slow lift hovers where a take
 flips the level each time."""
 USED_FRACTION = 0.9
-"""A producer admitted less than this fraction of its allowance (plus one acquire()) does not
-use it: no raise."""
+"""A producer admitted (counting one more acquire()) less than this fraction of its allowance
+does not use it: no raise."""
 MIN_SAMPLE_SEC = 0.5
 """An interval shorter than this is not measured by itself (a worker taking one batch would
 swamp it): it extends the latest interval, or, before there is one, the next event is
