@@ -197,6 +197,9 @@ async def run(scenario: Scenario) -> Result:
     await asyncio.gather(*tasks)
     stats = coord.stats()
     await bus.flush()
+    # The run ends here: what stop() does to the queue (dropping what is left, a last
+    # queue_recovered) is not the controllers' doing and is not counted as a level change.
+    bus.unsubscribe(levels)
     for controller in controllers:
         await controller.stop()
     await coord.stop(drain=False, timeout=1.0)

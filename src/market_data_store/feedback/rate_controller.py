@@ -6,14 +6,23 @@ second) per coordinator it watches. It uses what the events carry, not only the 
 - Measure. Between two events of a coordinator (at least ``MIN_SAMPLE_SEC`` apart) it knows
   how much the queue grew (``queue_size``, ``ts``) and how many items its own producer was
   admitted, so ``drain = admitted rate - d(queue_size)/dt`` (the idea behind rate-based
-  congestion control such as TCP Vegas or BBR). Several producers may share the coordinator
+  congestion control such as TCP Vegas or BBR). An event too soon after the last measured
+  one extends the latest interval to itself instead. An event's ``queue_size`` is caught
+  mid-sawtooth (a worker takes a whole batch at once), so one interval is off by up to a take
+  over its span: successive intervals whose estimates agree (within ``CONSISTENT_FRACTION``)
+  are measured as one, whose error is a take over the whole span; one that disagrees says
+  the sink changed and starts afresh. An OK ending SOFT (``queue_recovered``) is sent right
+  after a take, at the sawtooth's trough; once a flap (below) has shown the take's width,
+  such a size counts half a take higher. Several producers may share the coordinator
   and each controller sees only its own admissions: from two intervals in which its own rate
   differed by at least 25 % it learns how many producers' worth of traffic the queue gets
   (the slope of the queue's growth against its own rate, at least 1) and takes that share of
   the drain. Producers that start alike so stay alike, and their cuts add up to the excess,
   not to a multiple of it. A HARD that arrives while a planned lift into the SOFT band
   (below) is still under way says the same sooner: the queue rose ``growth / own excess``
-  times faster than this producer's lift explains, so at least that many lifted together.
+  times faster than this producer's lift explains, so at least that many lifted together;
+  this also corrects a count the slope made too low (across a change of the sink, or before
+  others joined).
 - SOFT (the queue rose past ``low``): the rate becomes the share plus what moves the queue to
   the middle of the SOFT band within ``MOVE_SEC``, then the share itself: the queue holds
   where neither watermark is near, so the level stays put. OK after pressure: the same move,
@@ -21,7 +30,9 @@ second) per coordinator it watches. It uses what the events carry, not only the 
   An OK within ``FLAP_SEC`` of a SOFT is one worker's take crossing the whole recover band
   (a batch wider than the band): a lift under way goes on (no re-plan, no hold), and from
   then on lifts take ``WIDE_MOVE_SEC`` (up to ``WIDE_MOVE_FRACTION`` above the share), since
-  a slow lift hovers where every take flips the level.
+  a slow lift hovers where every take flips the level. The SOFT's size, minus the OK's, plus
+  what came in between is the take's width (the narrowest such flap counts: two takes may
+  fall between).
 - HARD: the share minus a margin that drains the queue within ``DRAIN_SEC`` (never below half
   the share), and at least ``hard_factor`` and ``HARD_MARGIN`` below the current rate: an
   estimate averages over its interval and lags a sudden drop of the sink.
@@ -35,7 +46,8 @@ second) per coordinator it watches. It uses what the events carry, not only the 
   ``PROBE_DOUBLING_SEC`` held back in the same OK spell: gentle at first, fast when the sink
   has grown a lot; the next SOFT measures again and takes the overshoot back. An estimate
   never raises the rate of a producer that admitted less than ``USED_FRACTION`` of its
-  allowance: an idle or slower producer earns no headroom.
+  allowance, counting one more ``acquire()`` (it may be waiting as the event arrives): an
+  idle or slower producer earns no headroom.
 - An event whose ``seq`` is older than the last one seen for its coordinator is stale and
   ignored. An event with reason ``"stopped"`` forgets the coordinator: it no longer limits the
   rate, and a restarted coordinator with the same id may begin its ``seq`` again.
@@ -52,7 +64,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from market_data_store._context import AsyncStartStop
 from market_data_store._validation import check_range
@@ -77,7 +89,8 @@ MOVE_SEC = 1.0
 at most ``MOVE_FRACTION`` of the estimate above or below it."""
 MOVE_FRACTION = 0.5
 OVERSHOOT_MIN_RATIO = 1.5
-"""A lift overshooting to HARD this many times faster than planned counts the producers."""
+"""A lift overshooting to HARD this many times faster than planned (for the producers counted
+so far) counts the producers."""
 FLAP_SEC = 0.25
 """An OK this soon after a SOFT is one worker's take carrying the queue across the whole
 recover band: the batch is wider than the band (the coordinator's queue is "wide")."""
@@ -87,10 +100,12 @@ WIDE_MOVE_FRACTION = 0.75
 """... at most this fraction of the estimate above it: a slow lift hovers where a take
 flips the level each time."""
 USED_FRACTION = 0.9
-"""A producer admitted less than this fraction of its allowance does not use it: no raise."""
+"""A producer admitted (counting one more acquire()) less than this fraction of its allowance
+does not use it: no raise."""
 MIN_SAMPLE_SEC = 0.5
-"""An interval shorter than this is not measured: a worker taking one batch would swamp it.
-The next event is then measured from the same earlier one."""
+"""An interval shorter than this is not measured by itself (a worker taking one batch would
+swamp it): it extends the latest interval, or, before there is one, the next event is
+measured from the same earlier one."""
 MAX_PRODUCERS = 64.0
 """Bound of the estimated number of producers' worth of traffic the queue receives."""
 UNMEASURED_RAISE = 1.25
@@ -99,7 +114,8 @@ HOLD_BIAS = 0.01
 """The hold runs this much below the estimate: an estimate a little high would carry the
 queue up to HARD (three level changes and a deep cut), one a little low only down to OK."""
 CONSISTENT_FRACTION = 0.2
-"""Two successive intervals whose estimates differ by less than this are averaged."""
+"""An interval whose estimate differs from the run of intervals before it by less than this
+joins the run (the sink is taken as unchanged); otherwise it starts a new one."""
 _SLOPE_MIN_CHANGE = 0.25  # own rate must change by 25 % between intervals to measure a slope
 
 BURST_SEC = 0.1
@@ -118,6 +134,7 @@ class _Sample:
     received_at: float
     admitted: float  # the producer's admitted items so far
     allowed: float  # the items its allowance would have admitted so far
+    after_take: bool = False  # an OK sent right after a worker's take: the sawtooth's trough
 
 
 @dataclass(slots=True, frozen=True)
@@ -133,6 +150,17 @@ class _Interval:
         """This producer's share of the drain, items/s."""
         return self.admitted_rate - self.growth / producers
 
+    def then(self, later: _Interval) -> _Interval:
+        """This interval followed by ``later``, as one (rates weighted by span)."""
+        span = self.span + later.span
+        return _Interval(
+            admitted_rate=(self.admitted_rate * self.span + later.admitted_rate * later.span)
+            / span,
+            growth=(self.growth * self.span + later.growth * later.span) / span,
+            used=later.used,
+            span=span,
+        )
+
 
 @dataclass(slots=True)
 class _CoordinatorState:
@@ -146,6 +174,7 @@ class _CoordinatorState:
     last: _Sample | None = None
     interval: _Interval | None = None
     previous: _Interval | None = None
+    history: _Interval | None = None  # the agreeing intervals before ``interval``, as one
     producers: float = 1.0  # producers' worth of traffic, as seen from this one
     producers_measured: bool = False
     probe_sec: float = 0.0  # seconds held back in the current OK spell
@@ -155,6 +184,8 @@ class _CoordinatorState:
     moving_up: bool = False  # the last planned move lifts the queue
     changed_at: float = -math.inf  # when the level last changed
     wide: bool = False  # a take has crossed the whole recover band
+    take: float = 0.0  # a worker's take, items, as the narrowest flap showed it (0: unknown)
+    soft_seen: tuple[int, float] | None = None  # (queue size, own admitted) at the last SOFT
     watermarks: dict[BackpressureLevel, int] = field(default_factory=dict)  # sizes seen
 
 
@@ -236,6 +267,7 @@ class RateController(AsyncStartStop):
         self._states: dict[str, _CoordinatorState] = {}
         self._tokens = 0.0
         self._admitted = 0.0
+        self._last_n = 0.0  # admissions come in acquire() steps: one may be under way
         self._allowed = 0.0
         self._updated_at = clock()
         self._lock = asyncio.Lock()
@@ -257,17 +289,13 @@ class RateController(AsyncStartStop):
         state = self._states.get(coordinator_id)
         if state is None or state.interval is None:
             return None
-        share = state.interval.share(state.producers)
-        previous = state.previous
-        if previous is not None and share > 0:
-            # An event's queue_size is caught mid-sawtooth (a worker takes a whole batch at
-            # once), so an interval ending on an OK overestimates the drain and the one
-            # starting there underestimates it: over both the error cancels. Unless the
-            # two disagree: then the sink changed, and only the newest counts.
-            older = previous.share(state.producers)
-            if abs(older - share) <= CONSISTENT_FRACTION * share:
-                span = state.interval.span + previous.span
-                share = (share * state.interval.span + older * previous.span) / span
+        interval = state.interval
+        if state.history is not None and _agree(state.history, interval, state.producers):
+            # each interval is off by up to a take (the sizes are caught mid-sawtooth); over
+            # a run of intervals that agree only the first and last events' errors remain,
+            # over the whole span. One that disagrees says the sink changed: it alone counts.
+            interval = state.history.then(interval)
+        share = interval.share(state.producers)
         return share if share > 0 else None
 
     async def acquire(self, n: float = 1) -> None:
@@ -285,6 +313,7 @@ class RateController(AsyncStartStop):
                 self._tokens += n
                 raise
             self._admitted += n
+            self._last_n = n
 
     async def __call__(self, event: FeedbackEvent) -> None:
         """Apply one feedback event (the ``FeedbackSubscriber`` protocol)."""
@@ -301,7 +330,8 @@ class RateController(AsyncStartStop):
             return
         if state is None:
             state = self._states[cid] = _CoordinatorState(rate=self._max_rate)
-        sample = _Sample(event.ts, event.queue_size, now, self._admitted, self._allowed)
+        after_take = event.level is OK and event.reason == "queue_recovered"
+        sample = _Sample(event.ts, event.queue_size, now, self._admitted, self._allowed, after_take)
         self._measure(state, sample)
         share = self.drain_estimate(cid) if event.reason in _MEASURED_REASONS else None
         previous, state.level, state.seq = state.level, event.level, event.seq
@@ -322,6 +352,7 @@ class RateController(AsyncStartStop):
             # one worker take carried the queue from above low to below recover: the batch
             # is wider than the band. While a move lifts the queue, keep it going.
             state.wide = True
+            self._learn_take(state, event)
             if state.moving_up:
                 state.ok_since, state.probe_sec = now, 0.0
                 state.hold_rate, state.move_until = None, math.inf
@@ -329,6 +360,8 @@ class RateController(AsyncStartStop):
         state.hold_rate, state.move_until = None, math.inf
         if event.reason in _MEASURED_REASONS:
             state.watermarks[event.level] = event.queue_size
+            if event.level is SOFT:
+                state.soft_seen = (event.queue_size, self._admitted)
         if event.level is OK:
             state.ok_since, state.probe_sec = now, 0.0
             if share is not None:
@@ -360,20 +393,33 @@ class RateController(AsyncStartStop):
             state.last = sample
             return
         received_span = sample.received_at - last.received_at
-        if span < MIN_SAMPLE_SEC or received_span <= 0:
-            return  # too short to measure: the next interval starts from the same event
-        state.last = sample
+        if span <= 0 or received_span <= 0:
+            return
         admitted = sample.admitted - last.admitted
         interval = _Interval(
             admitted_rate=admitted / received_span,
-            growth=(sample.queue_size - last.queue_size) / span,
-            used=admitted >= USED_FRACTION * (sample.allowed - last.allowed),
+            growth=(_level(state, sample) - _level(state, last)) / span,
+            used=admitted + self._last_n >= USED_FRACTION * (sample.allowed - last.allowed),
             span=span,
         )
+        if span < MIN_SAMPLE_SEC:
+            # too short to measure by itself (one take would swamp it): it extends the latest
+            # interval, so the estimate ends on this event's size, or, before any interval,
+            # the next one starts from the same earlier event
+            if state.interval is not None:
+                state.last = sample
+                state.interval = replace(state.interval.then(interval), used=state.interval.used)
+            return
+        state.last = sample
         previous = state.previous = state.interval
         state.interval = interval
         if previous is None:
             return
+        history = state.history
+        if history is not None and _agree(history, previous, state.producers):
+            state.history = history.then(previous)
+        else:
+            state.history = previous
         own_change = interval.admitted_rate - previous.admitted_rate
         if abs(own_change) < _SLOPE_MIN_CHANGE * max(
             interval.admitted_rate, previous.admitted_rate
@@ -384,20 +430,32 @@ class RateController(AsyncStartStop):
             state.producers = min(MAX_PRODUCERS, max(1.0, slope))
             state.producers_measured = True
 
+    def _learn_take(self, state: _CoordinatorState, event: FeedbackEvent) -> None:
+        """A flap: the queue fell from the SOFT's size to the OK's in one take (or a few),
+        while what the producers admitted came in."""
+        if state.soft_seen is None:
+            return
+        size, admitted = state.soft_seen
+        take = size - event.queue_size + (self._admitted - admitted) * state.producers
+        if take > 0:
+            state.take = take if state.take == 0 else min(state.take, take)
+
     def _learn_from_overshoot(
         self, state: _CoordinatorState, event: FeedbackEvent, now: float
     ) -> None:
         """A planned lift into the SOFT band reached HARD before it was due to end: the queue
         rose faster than this producer's own excess explains. Others lifted on the same
-        event; the ratio is how many producers' worth of traffic the queue receives."""
-        if state.producers_measured or state.move_from is None:
+        event; the ratio is how many producers' worth of traffic the queue receives. It
+        overrides a count the slope made only when it is ``OVERSHOOT_MIN_RATIO`` times that
+        count: a slope across a change of the sink, or before others joined, can be low."""
+        if state.move_from is None:
             return
         started, size, excess = state.move_from
         if excess <= 0 or now <= started:
             return
         growth = (event.queue_size - size) / (now - started)
         ratio = growth / excess
-        if ratio >= OVERSHOOT_MIN_RATIO:
+        if ratio >= OVERSHOOT_MIN_RATIO * state.producers:
             state.producers = min(MAX_PRODUCERS, ratio)
             state.producers_measured = True
 
@@ -477,6 +535,18 @@ class RateController(AsyncStartStop):
                 t0, state.probe_sec = state.probe_sec, state.probe_sec + seconds
                 step = self._increase_per_sec * (math.exp(k * state.probe_sec) - math.exp(k * t0))
                 self._set(state, state.rate + step / k)
+
+
+def _level(state: _CoordinatorState, sample: _Sample) -> float:
+    """The queue's average level around an event: right after a take it is half a take
+    above the size the event caught (a take is known once a flap has shown it)."""
+    return sample.queue_size + state.take / 2 if sample.after_take else sample.queue_size
+
+
+def _agree(older: _Interval, newer: _Interval, producers: float) -> bool:
+    """Whether two intervals estimate the same drain, within ``CONSISTENT_FRACTION``."""
+    share = newer.share(producers)
+    return share > 0 and abs(older.share(producers) - share) <= CONSISTENT_FRACTION * share
 
 
 def _check_ids(coordinator_ids: Iterable[str] | None) -> frozenset[str] | None:

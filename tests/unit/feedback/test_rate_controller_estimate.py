@@ -377,3 +377,119 @@ async def test_after_a_take_crossed_the_band_lifts_are_quicker(clock: FakeClock)
     clock.now += 0.05
     await narrow(_small(clock, SOFT, 5, size))  # the same lift again
     assert narrow.rate - share > 2 * slow
+
+
+# -- the sawtooth: sizes caught before or after a take ---------------------------------------
+
+
+def _big(clock: FakeClock, level: BackpressureLevel, seq: int, size: float) -> FeedbackEvent:
+    """An event of a 100,000-item queue; an OK is one a take caused (``queue_recovered``)."""
+    reason = "queue_recovered" if level is OK else None
+    return FeedbackEvent("a", round(size), 100_000, level, reason, ts=clock.now, seq=seq)
+
+
+async def paced(rc: RateController, clock: FakeClock, seconds: float, rate: float = 800) -> int:
+    """A producer sending ``rate`` items/s (below its allowance) for ``seconds``."""
+    end, items = clock.now + seconds, 0
+    while clock.now < end - 1e-9:
+        clock.now += 10 / rate
+        await rc.acquire(10)
+        items += 10
+    return items
+
+
+async def test_a_run_of_agreeing_intervals_is_measured_as_one(clock: FakeClock) -> None:
+    """Sizes caught 50 above, at, 50 below and 50 above the queue's average level, 1 s apart:
+    each interval is off by up to 100/s, but over the run only the two ends count and they
+    cancel (the last two intervals alone would say 2 % low)."""
+    rc = make(clock, max_rate=2000)
+    drain, level = 1200.0, 20_000.0
+    for seq, (kind, error) in enumerate([(SOFT, 50), (HARD, 0), (OK, -50), (SOFT, 50)], 1):
+        if seq > 1:
+            start = clock.now
+            level += await paced(rc, clock, 1.0) - drain * (clock.now - start)
+        await rc(at(clock, kind, seq, level + error))
+    assert rc.drain_estimate("a") == pytest.approx(drain, rel=0.01)
+
+
+async def test_an_event_too_soon_to_measure_extends_the_interval(clock: FakeClock) -> None:
+    """An event 0.05 s after the last measured one is too short an interval by itself, but it
+    moves the estimate's end to its own size: a HARD caught 50 above the average level, then
+    an OK caught at it, measure the drain exactly (the HARD alone: 4 % low)."""
+    rc = make(clock, max_rate=2000)
+    drain, level = 1200.0, 20_000.0
+    await rc(at(clock, SOFT, 1, level))
+    for seq, (kind, seconds, error) in enumerate([(HARD, 1.0, 50), (OK, 0.05, 0)], 2):
+        start = clock.now
+        level += await paced(rc, clock, seconds) - drain * (clock.now - start)
+        await rc(at(clock, kind, seq, level + error))
+    assert rc.drain_estimate("a") == pytest.approx(drain, rel=0.01)
+
+
+async def test_after_a_flap_an_ok_after_a_take_counts_half_a_take_higher(
+    clock: FakeClock,
+) -> None:
+    """A SOFT caught 50 above the average level and an OK a take of 100 later (a flap) show
+    the take; the OK that a take caused sits at the sawtooth's trough, so the next interval
+    starts from half a take above its size and measures the new drain exactly (from the OK's
+    own size: 4 % low)."""
+    rc = make(clock, max_rate=2000)
+    level = 20_000.0
+    await rc(_big(clock, HARD, 1, level))
+    start = clock.now
+    level += await paced(rc, clock, 1.0) - 2000 * (clock.now - start)
+    await rc(_big(clock, OK, 2, level - 50))  # a take's trough
+    await rc(_big(clock, SOFT, 3, level + 50))  # the top, just before the next take
+    await rc(_big(clock, OK, 4, level - 50))  # the flap: a take of 100
+    start = clock.now
+    drain = 1200.0  # the sink slowed: the interval before no longer agrees
+    level += await paced(rc, clock, 1.0) - drain * (clock.now - start)
+    await rc(_big(clock, HARD, 5, level))
+    assert rc.drain_estimate("a") == pytest.approx(drain, rel=0.01)
+
+
+async def test_a_lift_that_overshoots_recounts_producers_a_slope_counted_too_low(
+    clock: FakeClock,
+) -> None:
+    """Four producers in step; the sink slows between the first two intervals, so their slope
+    counts 1.2 producers. A planned lift into the SOFT band then reaches HARD many times
+    faster than 1.2 producers' excess explains: the count is redone, and the share of the
+    drain comes near a quarter (with 1.2 producers it would be under a third of it)."""
+    rc = make(clock, max_rate=2000)
+    level = 20_000.0
+
+    async def four_send(seconds: float, drain: float, pace: float | None = None) -> None:
+        nonlocal level
+        start = clock.now
+        if pace is None:
+            sent = await produce(rc, clock, seconds)
+        else:
+            sent = await paced(rc, clock, seconds, pace)
+        level += 4 * sent - drain * (clock.now - start)
+
+    await rc(at(clock, SOFT, 1, level))
+    await four_send(1.0, 6000)
+    await rc(at(clock, HARD, 2, level))
+    await four_send(1.0, 3200)  # the sink slowed: the slope of the two says 1.2 producers
+    await rc(at(clock, OK, 3, level))
+    await four_send(1.0, 3200, pace=650)  # near the last interval's rate: no new slope
+    await rc(at(clock, SOFT, 4, level))  # a lift into the SOFT band, planned for 1.2
+    assert rc.rate > (rc.drain_estimate("a") or 0)
+    await four_send(0.3, 3200)  # all four lift
+    await rc(at(clock, HARD, 5, level))
+    share = rc.drain_estimate("a")
+    assert share is not None and 0.5 * 800 < share < 1.5 * 800
+
+
+async def test_a_producer_waiting_for_its_next_acquire_is_using_its_allowance(
+    clock: FakeClock,
+) -> None:
+    """Admissions come in acquire() steps: at 50/s in steps of 10, an event 0.15 s into the
+    wait for the third step finds 20 of 27.5 items admitted. That producer uses its
+    allowance (one step is under way), so a fast drain raises it."""
+    rc = make(clock, max_rate=100)
+    await rc(at(clock, HARD, 1, 8000))  # fallback: 50/s
+    admitted = await produce(rc, clock, 0.4)
+    clock.now += 0.15  # the third acquire(10) is waiting
+    await rc(at(clock, OK, 2, 8000 + admitted - 2000 * clock.now))
+    assert rc.rate > 50
