@@ -28,6 +28,11 @@ class FeedbackEvent:
         reason: why, beyond a level change (``"circuit_open"``, ``"stopped"``, ...), or None.
         ts: when emitted, ``time.time()`` seconds (default: now).
         seq: one more than the coordinator's previous event (its first is 1); 0 when unnumbered.
+        drain_rate: items/s workers took from the queue over about the last second, as the
+            queue measured it; None when not measured (its first instants, user-built events).
+        arrival_rate: items/s that entered the queue over the same window (taken, queued
+            and dropped), None when not measured. A producer's share of the drain is
+            ``drain_rate * own rate / arrival_rate``.
     """
 
     coordinator_id: str
@@ -37,6 +42,8 @@ class FeedbackEvent:
     reason: str | None = None
     ts: float = field(default_factory=time.time)
     seq: int = 0
+    drain_rate: float | None = None
+    arrival_rate: float | None = None
 
     @classmethod
     def create(

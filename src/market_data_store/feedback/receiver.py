@@ -16,6 +16,7 @@ What is accepted, in order:
    whose answer was lost, or a replay): ``receive`` returns None (HTTP 204). Ids are kept
    for ``tolerance_sec`` at most and ``MAX_REMEMBERED_IDS`` at most.
 3. The body must be the broadcaster's JSON event, else ``InvalidFeedbackError`` (HTTP 400).
+   ``drain_rate`` and ``arrival_rate`` may be absent (payloads of earlier versions) or null.
 4. Ordering per coordinator: an event whose ``seq`` is not newer than the last one accepted
    for its coordinator is stale and dropped (None). A restarted coordinator begins its
    ``seq`` again; its new run is recognised two ways. Its ``stopped`` event (the last of
@@ -344,7 +345,32 @@ def parse_event(body: bytes) -> FeedbackEvent:
     ts = data.get("ts")
     if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
         raise InvalidFeedbackError("ts must be a finite number (Unix seconds)")
-    return FeedbackEvent(coordinator_id, queue_size, capacity, level, reason, float(ts), seq)
+    return FeedbackEvent(
+        coordinator_id,
+        queue_size,
+        capacity,
+        level,
+        reason,
+        float(ts),
+        seq,
+        _rate(data, "drain_rate"),
+        _rate(data, "arrival_rate"),
+    )
+
+
+def _rate(data: Mapping[str, Any], name: str) -> float | None:
+    """An optional measured rate: absent or null is None (payloads before the field)."""
+    value = data.get(name)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise InvalidFeedbackError(f"{name} must be a finite number >= 0 (items/s) or null")
+    return float(value)
 
 
 def _count(data: Mapping[str, Any], name: str) -> int:

@@ -599,10 +599,20 @@ def test_feedback_event_is_frozen() -> None:
 def test_feedback_event_fields_are_in_contract_order() -> None:
     """FeedbackEvent's fields and positional order are those of DESIGN.md section 3."""
     names = [f.name for f in dataclasses.fields(FeedbackEvent)]
-    assert names == ["coordinator_id", "queue_size", "capacity", "level", "reason", "ts", "seq"]
+    assert names == [
+        "coordinator_id",
+        "queue_size",
+        "capacity",
+        "level",
+        "reason",
+        "ts",
+        "seq",
+        "drain_rate",
+        "arrival_rate",
+    ]
     before = time.time()
     event = FeedbackEvent("c", 5, 10, BackpressureLevel.SOFT)
-    assert (event.reason, event.seq) == (None, 0)
+    assert (event.reason, event.seq, event.drain_rate, event.arrival_rate) == (None, 0, None, None)
     assert before <= event.ts <= time.time()
 
 
@@ -631,6 +641,8 @@ def test_feedback_event_to_dict_adds_utilization() -> None:
         "reason": "r",
         "ts": 1.0,
         "seq": 7,
+        "drain_rate": None,
+        "arrival_rate": None,
         "utilization": 0.5,
     }
 

@@ -84,6 +84,8 @@ async def test_posts_event_as_json_with_utilization(
         "reason": None,
         "ts": event.ts,
         "seq": 7,
+        "drain_rate": None,
+        "arrival_rate": None,
         "utilization": 0.85,
     }
     assert "webhook-signature" not in request.headers

@@ -259,6 +259,14 @@ def test_remembered_ids_are_bounded_by_time_and_by_count(
         (json.dumps({**event(1).to_dict(), "capacity": "100"}).encode(), "capacity"),
         (json.dumps({**event(1).to_dict(), "ts": None}).encode(), "ts"),
         (json.dumps({**event(1).to_dict(), "reason": 5}).encode(), "reason"),
+        (json.dumps({**event(1).to_dict(), "drain_rate": -1.0}).encode(), "drain_rate"),
+        (json.dumps({**event(1).to_dict(), "drain_rate": "5"}).encode(), "drain_rate"),
+        (json.dumps({**event(1).to_dict(), "arrival_rate": True}).encode(), "arrival_rate"),
+        (
+            b'{"coordinator_id":"c","queue_size":1,"capacity":2,"level":"ok","ts":1.0,"seq":1,'
+            b'"arrival_rate":Infinity}',
+            "arrival_rate",
+        ),
         (b"\xff\xfe", "JSON"),
     ],
 )
@@ -274,6 +282,18 @@ async def test_invalid_payload_is_rejected_400_naming_the_field(
 
 
 # --- seq: stale dropped, restarted coordinator recognised ------------------------------------
+
+
+def test_measured_rates_are_parsed_and_payloads_without_them_still_accepted() -> None:
+    """drain_rate / arrival_rate parse as floats or null; an older payload lacks them: None."""
+    measured = FeedbackEvent("c", 9, 10, SOFT, None, NOW, 3, drain_rate=950.5, arrival_rate=1900)
+    assert receiver.parse_event(body_of(measured)) == measured
+    unmeasured = FeedbackEvent("c", 9, 10, SOFT, None, NOW, 4)
+    assert receiver.parse_event(body_of(unmeasured)) == unmeasured
+    old = {k: v for k, v in unmeasured.to_dict().items() if not k.endswith("_rate")}
+    parsed = receiver.parse_event(json.dumps(old).encode())
+    assert (parsed.drain_rate, parsed.arrival_rate) == (None, None)
+    assert parsed == unmeasured
 
 
 async def test_stale_seq_is_not_republished(bus: FeedbackBus, published: Published) -> None:

@@ -85,6 +85,8 @@ def test_payload_round_trips_the_webhook_json() -> None:
     event = FeedbackEvent("c-1", 7, 10, HARD, "circuit_open", 1234.5, 42)
     assert decode_event(encode_event(event)) == event
     assert '"utilization":0.7' in encode_event(event)
+    measured = FeedbackEvent("c-1", 7, 10, HARD, None, 1234.5, 43, 480.0, 1010.25)
+    assert decode_event(encode_event(measured)) == measured
 
 
 async def test_listener_passes_on_newer_events_only(dead_url: str) -> None:
