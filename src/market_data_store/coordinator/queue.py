@@ -10,6 +10,12 @@ put may just append and a get may just pop, because nothing else can happen ther
 boundary, no waiter to wake, room left, queue open). ``_refresh_fast_paths`` recomputes both
 wherever a watermark boundary, the waiters or the closed flag change, so that one integer
 comparison guards each fast path.
+
+Each event carries the drain and arrival rates a ``RateMeter`` measures at the takes of
+``get_batch`` (one clock read a take, none a put); items taken one by one with ``get()`` are
+not counted, so a queue drained only that way reports no rates. While the level is SOFT or
+HARD, a take emits a same-level event with reason ``"measured"`` once per ``REPORT_SEC``,
+carrying fresh rates: the level's own transitions stay one event each.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Generic, NamedTuple, TypeVar
 
 from market_data_store._validation import check_int
 from market_data_store.coordinator._callbacks import CallbackRunner
+from market_data_store.coordinator._rate_meter import RateMeter
 from market_data_store.coordinator.types import (
     OVERFLOW_STRATEGIES,
     BackpressureCallback,
@@ -162,6 +169,7 @@ class BoundedQueue(Generic[T]):
         self._closed = False
         self._dropped = 0
         self._seq = 0
+        self._rates = RateMeter()
         self._level = OK
         self._up_at = low  # size > _up_at may raise the level
         self._down_at = -1  # size <= _down_at may lower it
@@ -457,10 +465,12 @@ class BoundedQueue(Generic[T]):
         deep (see ``set_deep_batches``) the batch may be larger than ``max_items``.
         """
         loop = asyncio.get_running_loop()
+        waited = False
         while True:
             size = len(self._items)
             if size >= max_items or (size and (linger <= 0 or self._closed)):
-                return self._take(self._batch_limit(max_items))
+                return self._take(self._batch_limit(max_items), loop.time(), waited)
+            waited = True
             if size == 0:
                 if self._closed:
                     return []
@@ -473,17 +483,32 @@ class BoundedQueue(Generic[T]):
                     break
                 await self._wait_for_items(max_items, max_items, remaining, lingering=True)
             if len(self):
-                return self._take(self._batch_limit(max_items))
+                return self._take(self._batch_limit(max_items), loop.time(), waited)
 
-    def _take(self, max_items: int) -> list[T]:
+    def _take(self, max_items: int, now: float | None = None, waited: bool = False) -> list[T]:
         items = self._items
         if max_items >= len(items):
             batch = list(items)
             items.clear()
         else:  # starmap calls popleft from C: about 5 ns an item against 25 for a listcomp
             batch = list(starmap(items.popleft, repeat((), max_items)))
+        rates = self._rates
+        rates.taken += len(batch)
+        if now is not None:  # before the level is updated: an event it emits counts this take
+            rates.record(now, len(items), self._dropped, restart=waited or not items)
         self._after_shrink()
+        if now is not None and rates.report_due(now, self._level is not OK):
+            self.emit_feedback(self._level, "measured")
         return batch
+
+    def measured_rates(self) -> tuple[float | None, float | None]:
+        """(drain_rate, arrival_rate) in items/s, as the next event would carry them (see
+        ``RateMeter``); None before they are known."""
+        try:
+            now: float | None = asyncio.get_running_loop().time()
+        except RuntimeError:  # outside the loop: the last take ends the window
+            now = None
+        return self._rates.rates(now, len(self._items), self._dropped)
 
     def _popleft(self) -> T:
         item = self._items.popleft()
@@ -611,6 +636,7 @@ class BoundedQueue(Generic[T]):
         else:
             self._up_at, self._down_at = _NEVER, self._recover
         self._refresh_fast_paths()
+        self._rates.level_changed()
         self.emit_feedback(new, "queue_recovered" if new is OK else None)
         if new is HARD and self._on_high is not None:
             self._callbacks.call(self._on_high)
@@ -620,8 +646,16 @@ class BoundedQueue(Generic[T]):
     def emit_feedback(self, level: BackpressureLevel, reason: str | None = None) -> FeedbackEvent:
         """Publish an event for this queue without waiting (lifecycle events use it directly)."""
         self._seq += 1
+        drain_rate, arrival_rate = self.measured_rates()
         event = FeedbackEvent(
-            self._coord_id, len(self), self._capacity, level, reason, seq=self._seq
+            self._coord_id,
+            len(self),
+            self._capacity,
+            level,
+            reason,
+            seq=self._seq,
+            drain_rate=drain_rate,
+            arrival_rate=arrival_rate,
         )
         self._bus.publish_nowait(event)
         return event
