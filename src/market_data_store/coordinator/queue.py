@@ -41,7 +41,7 @@ from market_data_store.coordinator.types import (
     check_range,
 )
 from market_data_store.feedback.bus import FeedbackBus, feedback_bus
-from market_data_store.feedback.events import BackpressureLevel, FeedbackEvent
+from market_data_store.feedback.events import MEASURED_REASON, BackpressureLevel, FeedbackEvent
 
 T = TypeVar("T")
 
@@ -498,7 +498,7 @@ class BoundedQueue(Generic[T]):
             rates.record(now, len(items), self._dropped, restart=waited or not items)
         self._after_shrink()
         if now is not None and rates.report_due(now, self._level is not OK):
-            self.emit_feedback(self._level, "measured")
+            self.emit_feedback(self._level, MEASURED_REASON)
         return batch
 
     def measured_rates(self) -> tuple[float | None, float | None]:

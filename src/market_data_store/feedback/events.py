@@ -7,6 +7,10 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
+MEASURED_REASON = "measured"
+"""The reason of a queue's report of fresh rates while its level stays SOFT or HARD: the same
+level again, not a transition."""
+
 
 class BackpressureLevel(str, Enum):  # noqa: UP042 - the contract spells (str, Enum)
     """Pressure on a coordinator's queue; ``"ok" < "soft" < "hard"`` in urgency."""

@@ -3,26 +3,39 @@
 ``RateController`` subscribes to a ``FeedbackBus`` and keeps one allowed rate (items per
 second) per coordinator it watches. It uses what the events carry, not only the level:
 
-- Measure. Between two events of a coordinator (at least ``MIN_SAMPLE_SEC`` apart) it knows
-  how much the queue grew (``queue_size``, ``ts``) and how many items its own producer was
-  admitted, so ``drain = admitted rate - d(queue_size)/dt`` (the idea behind rate-based
-  congestion control such as TCP Vegas or BBR). An event too soon after the last measured
-  one extends the latest interval to itself instead. An event's ``queue_size`` is caught
-  mid-sawtooth (a worker takes a whole batch at once), so one interval is off by up to a take
-  over its span: successive intervals whose estimates agree (within ``CONSISTENT_FRACTION``)
-  are measured as one, whose error is a take over the whole span; one that disagrees says
-  the sink changed and starts afresh. An OK ending SOFT (``queue_recovered``) is sent right
-  after a take, at the sawtooth's trough; once a flap (below) has shown the take's width,
-  such a size counts half a take higher. Several producers may share the coordinator
-  and each controller sees only its own admissions: from two intervals in which its own rate
-  differed by at least 25 % it learns how many producers' worth of traffic the queue gets
-  (the slope of the queue's growth against its own rate, at least 1) and takes that share of
-  the drain. Producers that start alike so stay alike, and their cuts add up to the excess,
-  not to a multiple of it. A HARD that arrives while a planned lift into the SOFT band
-  (below) is still under way says the same sooner: the queue rose ``growth / own excess``
-  times faster than this producer's lift explains, so at least that many lifted together;
-  this also corrects a count the slope made too low (across a change of the sink, or before
-  others joined).
+- Measured rates. An event that carries the queue's ``drain_rate`` and ``arrival_rate``
+  (a ``BoundedQueue`` measures them at its workers' takes, over about half a second) gives
+  this producer's share of the drain directly: ``drain_rate * own / arrival_rate``, ``own``
+  being its own admitted rate over about the same window (``OWN_WINDOW_SEC``). No producers
+  need counting (``arrival_rate / own`` is how many producers' worth the queue gets), and a
+  take wider than the recover band does not make it noisy. The share is used wherever the
+  estimate below would be (SOFT, HARD, OK after pressure); without rates the estimate is
+  used. While SOFT or HARD the queue reports fresh rates about once a second (same level,
+  reason ``"measured"``): SOFT re-plans the move to the band's middle and the hold, HARD
+  re-aims at draining within ``DRAIN_SEC`` (so a HARD cut on rates measured before the sink
+  slowed down is corrected), never raising a producer that does not use its allowance. A
+  report is never a reason to cut by ``hard_factor`` and does not count as a level change.
+- Estimate (without measured rates). Between two events of a coordinator (at least
+  ``MIN_SAMPLE_SEC`` apart) it knows how much the queue grew (``queue_size``, ``ts``) and
+  how many items its own producer was admitted, so
+  ``drain = admitted rate - d(queue_size)/dt`` (the idea behind rate-based congestion
+  control such as TCP Vegas or BBR). An event too soon after the last measured one extends
+  the latest interval to itself instead. An event's ``queue_size`` is caught mid-sawtooth (a
+  worker takes a whole batch at once), so one interval is off by up to a take over its span:
+  successive intervals whose estimates agree (within ``CONSISTENT_FRACTION``) are measured
+  as one, whose error is a take over the whole span; one that disagrees says the sink
+  changed and starts afresh. An OK ending SOFT (``queue_recovered``) is sent right after a
+  take, at the sawtooth's trough; once a flap (below) has shown the take's width, such a
+  size counts half a take higher. Several producers may share the coordinator and each
+  controller sees only its own admissions: from two intervals in which its own rate differed
+  by at least 25 % it learns how many producers' worth of traffic the queue gets (the slope
+  of the queue's growth against its own rate, at least 1) and takes that share of the drain.
+  Producers that start alike so stay alike, and their cuts add up to the excess, not to a
+  multiple of it. A HARD that arrives while a planned lift into the SOFT band (below) is
+  still under way says the same sooner: the queue rose ``growth / own excess`` times faster
+  than this producer's lift explains, so at least that many lifted together; this also
+  corrects a count the slope made too low (across a change of the sink, or before others
+  joined).
 - SOFT (the queue rose past ``low``): the rate becomes the share plus what moves the queue to
   the middle of the SOFT band within ``MOVE_SEC``, then the share itself: the queue holds
   where neither watermark is near, so the level stays put. OK after pressure: the same move,
@@ -36,7 +49,7 @@ second) per coordinator it watches. It uses what the events carry, not only the 
 - HARD: the share minus a margin that drains the queue within ``DRAIN_SEC`` (never below half
   the share), and at least ``hard_factor`` and ``HARD_MARGIN`` below the current rate: an
   estimate averages over its interval and lags a sudden drop of the sink.
-- Without an estimate (the first event, an interval too short, a lifecycle event such as
+- Without rates or an estimate (the first event, an interval too short, a lifecycle event such as
   ``circuit_open``) it falls back to the plan's AIMD factors: SOFT multiplies the rate by
   ``soft_factor`` (once per pressure episode: only after an OK that lasted
   ``min_decrease_interval``), HARD by ``hard_factor`` (at most once per
@@ -63,6 +76,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 
@@ -70,7 +84,7 @@ from market_data_store._context import AsyncStartStop
 from market_data_store._validation import check_range
 from market_data_store.errors import ConfigError
 from market_data_store.feedback.bus import FeedbackBus, feedback_bus
-from market_data_store.feedback.events import BackpressureLevel, FeedbackEvent
+from market_data_store.feedback.events import MEASURED_REASON, BackpressureLevel, FeedbackEvent
 
 OK, SOFT, HARD = BackpressureLevel.OK, BackpressureLevel.SOFT, BackpressureLevel.HARD
 
@@ -116,6 +130,17 @@ queue up to HARD (three level changes and a deep cut), one a little low only dow
 CONSISTENT_FRACTION = 0.2
 """An interval whose estimate differs from the run of intervals before it by less than this
 joins the run (the sink is taken as unchanged); otherwise it starts a new one."""
+REPORT_MARGIN = 0.05
+"""A HARD report re-aims at most this fraction below the measured share: fresh rates do not
+lag the sink as an estimate does, so the rate stays near the sink's capacity (well within
+10 %) while the queue drains, slowly, back to OK."""
+OWN_WINDOW_SEC = 0.5
+"""The producer's own admitted rate, set against an event's measured rates, spans about this
+long (as the queue's rates do, ``coordinator._rate_meter.WINDOW_SEC``)..."""
+OWN_SAMPLE_SEC = 0.1
+"""... sampled at most this often ..."""
+OWN_MIN_SPAN_SEC = 0.25
+"""... and is unknown until it spans this long."""
 _SLOPE_MIN_CHANGE = 0.25  # own rate must change by 25 % between intervals to measure a slope
 
 BURST_SEC = 0.1
@@ -186,6 +211,7 @@ class _CoordinatorState:
     wide: bool = False  # a take has crossed the whole recover band
     take: float = 0.0  # a worker's take, items, as the narrowest flap showed it (0: unknown)
     soft_seen: tuple[int, float] | None = None  # (queue size, own admitted) at the last SOFT
+    measured_share: float | None = None  # from the rates the last measured event carried
     watermarks: dict[BackpressureLevel, int] = field(default_factory=dict)  # sizes seen
 
 
@@ -269,6 +295,7 @@ class RateController(AsyncStartStop):
         self._admitted = 0.0
         self._last_n = 0.0  # admissions come in acquire() steps: one may be under way
         self._allowed = 0.0
+        self._own_samples: deque[tuple[float, float]] = deque()  # (time, admitted so far)
         self._updated_at = clock()
         self._lock = asyncio.Lock()
 
@@ -285,8 +312,11 @@ class RateController(AsyncStartStop):
         return self._max_rate if state is None else state.rate
 
     def drain_estimate(self, coordinator_id: str) -> float | None:
-        """This producer's share of the coordinator's measured drain rate (items/s), if known."""
+        """This producer's share of the coordinator's measured drain rate (items/s), if known:
+        from the rates the last event carried, else estimated from the events' sizes."""
         state = self._states.get(coordinator_id)
+        if state is not None and state.measured_share is not None:
+            return state.measured_share
         if state is None or state.interval is None:
             return None
         interval = state.interval
@@ -314,6 +344,50 @@ class RateController(AsyncStartStop):
                 raise
             self._admitted += n
             self._last_n = n
+            self._sample_admitted(self._updated_at)
+
+    def _sample_admitted(self, now: float) -> None:
+        samples = self._own_samples
+        sample = (now, self._admitted)
+        if len(samples) >= 2 and now - samples[-2][0] < OWN_SAMPLE_SEC:
+            samples[-1] = sample
+        else:
+            samples.append(sample)
+        while len(samples) >= 2 and samples[1][0] <= now - OWN_WINDOW_SEC:
+            samples.popleft()
+
+    def _own_rate(self, now: float) -> float | None:
+        """Items/s this producer was admitted over about the last ``OWN_WINDOW_SEC``, up to
+        ``now``. The window starts at an admission, so it counts about half an ``acquire()``
+        step short: a share from it errs low, to the side where the queue drains."""
+        if not self._own_samples:
+            return None
+        start, admitted = self._own_samples[0]
+        span = now - start
+        if span < OWN_MIN_SPAN_SEC:
+            return None
+        return (self._admitted - admitted) / span
+
+    def _measured_share(
+        self, state: _CoordinatorState, event: FeedbackEvent, now: float
+    ) -> float | None:
+        """This producer's share of the drain the queue measured (None if the event carries
+        no rates): its fraction of what arrived, of what was taken. That fraction also gives
+        how many producers' worth of traffic the queue gets."""
+        state.measured_share = None
+        drain, arrival = event.drain_rate, event.arrival_rate
+        if drain is None or arrival is None or arrival <= 0:
+            return None
+        own = self._own_rate(now)
+        if own is None or own <= 0:
+            return None
+        fraction = min(1.0, own / arrival)
+        state.producers = min(MAX_PRODUCERS, 1 / fraction)
+        state.producers_measured = True
+        share = drain * fraction
+        if share > 0:
+            state.measured_share = share
+        return state.measured_share
 
     async def __call__(self, event: FeedbackEvent) -> None:
         """Apply one feedback event (the ``FeedbackSubscriber`` protocol)."""
@@ -333,7 +407,18 @@ class RateController(AsyncStartStop):
         after_take = event.level is OK and event.reason == "queue_recovered"
         sample = _Sample(event.ts, event.queue_size, now, self._admitted, self._allowed, after_take)
         self._measure(state, sample)
-        share = self.drain_estimate(cid) if event.reason in _MEASURED_REASONS else None
+        report = event.reason == MEASURED_REASON
+        if report and event.level is state.level:  # fresh rates, the level unchanged
+            state.seq = event.seq
+            if event.level is not OK:
+                self._remeasure(state, event, now)
+            return
+        # (a report of another level stands for a transition a full mailbox coalesced away)
+        share = None
+        if report or event.reason in _MEASURED_REASONS:
+            share = self._measured_share(state, event, now)
+            if share is None and not report:
+                share = self.drain_estimate(cid)
         previous, state.level, state.seq = state.level, event.level, event.seq
         if event.level is previous:
             if event.level is HARD and now - state.hard_cut_at >= self._min_interval:
@@ -341,7 +426,8 @@ class RateController(AsyncStartStop):
                 self._set(state, state.rate * self._hard_factor)
             return
         if event.level is HARD and previous is SOFT and now < state.move_until:
-            self._learn_from_overshoot(state, event, now)
+            if event.drain_rate is None:  # measured rates count the producers already
+                self._learn_from_overshoot(state, event, now)
         changed_at, state.changed_at = state.changed_at, now
         if (
             event.level is OK
@@ -374,6 +460,24 @@ class RateController(AsyncStartStop):
         else:
             state.hard_cut_at = now
             self._set(state, self._hard_rate(state, event, share))
+
+    def _remeasure(self, state: _CoordinatorState, event: FeedbackEvent, now: float) -> None:
+        """A ``measured`` report while SOFT or HARD: re-plan from the fresh share, as the
+        level's own event did (SOFT: move to the band's middle, then hold; HARD: drain in
+        ``DRAIN_SEC``), never raising a producer that does not use its allowance."""
+        share = self._measured_share(state, event, now)
+        if share is None:
+            return
+        state.hold_rate, state.move_until = None, math.inf
+        if event.level is SOFT:
+            self._move(state, share, event, now)
+            return
+        margin = min(REPORT_MARGIN * share, event.queue_size / state.producers / DRAIN_SEC)
+        rate = share - margin
+        own = self._own_rate(now)
+        if rate > state.rate and (own is None or own < USED_FRACTION * state.rate):
+            return
+        self._set(state, rate)
 
     async def start(self) -> None:
         """Subscribe to the bus (idempotent)."""

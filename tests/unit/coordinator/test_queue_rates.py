@@ -4,6 +4,7 @@ virtual-time event loop (``market_data_store.testing.virtual_time``): no real sl
 from __future__ import annotations
 
 import asyncio
+from itertools import pairwise
 
 import pytest
 
@@ -106,5 +107,5 @@ def test_reports_while_soft_keep_one_event_per_level_change() -> None:
     assert 3 <= len(reports) <= 5
     assert all(e.level is SOFT and e.drain_rate == pytest.approx(1_000) for e in reports)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    gaps = [b.ts - a.ts for a, b in zip(reports, reports[1:], strict=False)]
+    gaps = [b.ts - a.ts for a, b in pairwise(reports)]
     assert all(gap >= REPORT_SEC - 1e-9 for gap in gaps)

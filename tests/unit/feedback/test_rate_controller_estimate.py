@@ -16,7 +16,7 @@ import pytest
 
 from market_data_store.coordinator.queue import BoundedQueue
 from market_data_store.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
-from market_data_store.feedback.rate_controller import RateController
+from market_data_store.feedback.rate_controller import REPORT_MARGIN, RateController
 from market_data_store.testing.virtual_time import LoopTimeBus, run_virtual
 
 OK, SOFT, HARD = BackpressureLevel.OK, BackpressureLevel.SOFT, BackpressureLevel.HARD
@@ -493,3 +493,91 @@ async def test_a_producer_waiting_for_its_next_acquire_is_using_its_allowance(
     clock.now += 0.15  # the third acquire(10) is waiting
     await rc(at(clock, OK, 2, 8000 + admitted - 2000 * clock.now))
     assert rc.rate > 50
+
+
+# -- rates the queue measured -----------------------------------------------------------------
+
+
+def _rated(
+    clock: FakeClock,
+    level: BackpressureLevel,
+    seq: int,
+    size: float,
+    drain: float,
+    arrival: float,
+    reason: str | None = None,
+) -> FeedbackEvent:
+    """An event of a 100,000-item queue (SOFT band 50,000-80,000) carrying measured rates."""
+    return FeedbackEvent("a", round(size), 100_000, level, reason, clock.now, seq, drain, arrival)
+
+
+@pytest.mark.parametrize(("own", "arrival"), [(400.0, 400.0), (250.0, 1_000.0)])
+async def test_a_share_from_measured_rates_is_the_drain_times_own_fraction_of_arrivals(
+    clock: FakeClock, own: float, arrival: float
+) -> None:
+    """A first SOFT with rates: the share is drain * own / arrival (one producer, or one of
+    four), with no producers to count and no earlier event; the rate moves from it."""
+    rc = make(clock, max_rate=2_000)
+    await paced(rc, clock, 1.0, rate=own)
+    await rc(_rated(clock, SOFT, 1, 50_001, drain=800, arrival=arrival))
+    share = 800 * own / arrival
+    assert rc.drain_estimate("a") == pytest.approx(share, rel=0.02)
+    assert share < rc.rate <= 1.5 * share + 1e-6  # a lift to the band's middle
+
+
+async def test_measured_reports_while_hard_re_aim_but_never_cut_by_hard_factor(
+    clock: FakeClock,
+) -> None:
+    """HARD reports (reason "measured") a second apart, past min_decrease_interval: the rate
+    re-aims at the measured share less REPORT_MARGIN instead of halving each time, and a
+    report after the sink slowed re-aims lower."""
+    rc = make(clock, max_rate=2_000)
+    await paced(rc, clock, 1.0, rate=400)
+    await rc(_rated(clock, HARD, 1, 80_000, drain=1_200, arrival=1_600))  # share 300
+    assert rc.rate == pytest.approx(150, rel=0.02)  # the HARD itself: margin up to half
+    for seq in range(2, 6):  # one of four like producers, each sending its allowance
+        sending = rc.rate
+        await paced(rc, clock, 1.0, rate=sending)
+        await rc(_rated(clock, HARD, seq, 60_000, 1_200, 4 * sending, reason="measured"))
+        assert rc.rate == pytest.approx(300 * (1 - REPORT_MARGIN), rel=0.02)
+    sending = rc.rate
+    await paced(rc, clock, 1.0, rate=sending)
+    await rc(_rated(clock, HARD, 6, 60_000, 600, 4 * sending, reason="measured"))
+    assert rc.rate == pytest.approx(150 * (1 - REPORT_MARGIN), rel=0.02)
+
+
+async def test_a_measured_report_never_raises_a_producer_not_using_its_allowance(
+    clock: FakeClock,
+) -> None:
+    """A SOFT report saying the sink drains far more than this producer sends: no raise while
+    it sends 100/s of its allowance."""
+    rc = make(clock, max_rate=2_000)
+    await paced(rc, clock, 1.0, rate=400)
+    await rc(_rated(clock, SOFT, 1, 65_000, drain=1_200, arrival=1_600))
+    allowed = rc.rate
+    await paced(rc, clock, 1.0, rate=100)
+    await rc(_rated(clock, SOFT, 2, 65_000, 4_000, 100, reason="measured"))
+    assert rc.rate == pytest.approx(allowed)
+
+
+async def test_a_report_of_another_level_is_the_transition_it_stands_for(
+    clock: FakeClock,
+) -> None:
+    """A full mailbox may coalesce a SOFT away and deliver the report after it: the controller
+    then treats the report as the SOFT (a cut to the measured share)."""
+    rc = make(clock, max_rate=2_000)
+    await paced(rc, clock, 1.0, rate=1_000)
+    await rc(_rated(clock, SOFT, 7, 65_000, 500, 1_000, reason="measured"))
+    assert rc.rate == pytest.approx(500, rel=0.02)
+
+
+async def test_without_rates_a_same_level_hard_still_cuts_by_hard_factor(
+    clock: FakeClock,
+) -> None:
+    """Lifecycle events keep their meaning: HARD circuit_open while HARD halves the rate."""
+    rc = make(clock, max_rate=2_000)
+    await rc(at(clock, HARD, 1, 80_000))
+    clock.now += 1.0
+    before = rc.rate
+    await rc(FeedbackEvent("a", 80_000, 100_000, HARD, "circuit_open", clock.now, 2))
+    assert rc.rate == pytest.approx(before * 0.5)
