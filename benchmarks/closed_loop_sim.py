@@ -21,15 +21,17 @@ full; >= 98 % of the sink's capacity used from 3 s after start and after each st
 < 0.5 level changes per second over the whole run; with 4 producers each gets 25 % +- 5 %.
 ``--batch-band`` runs with ``recover_watermark = low - the largest batch a worker takes``
 (a queue-side proposal: the default band, capacity // 20, is narrower than that batch in most
-scenarios, so one take can end SOFT).
+scenarios, so one take can end SOFT). ``--jitter 0.3`` makes each sink batch take its time
+x uniform(0.7, 1.3) (seeded by ``--seed``): a sink whose writes vary as a database's do.
 
-    python benchmarks/closed_loop_sim.py [--matrix [--batch-band]] [--sink-rate 5000] ...
+    python benchmarks/closed_loop_sim.py [--matrix [--batch-band]] [--jitter 0.3 [--seed 1]] ...
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -52,17 +54,23 @@ GOAL_SHARE_TOLERANCE = 0.05  # each of 4 producers gets 25 % +- 5 %
 
 
 class SimulatedSink:
-    """Writes ``items_per_sec`` items per second, serially; records when it was busy."""
+    """Writes ``items_per_sec`` items per second, serially; records when it was busy.
 
-    def __init__(self, items_per_sec: float) -> None:
+    With ``jitter`` j > 0 each batch takes its time times a factor drawn uniformly from
+    [1 - j, 1 + j] (seeded: runs stay deterministic), the mean unchanged."""
+
+    def __init__(self, items_per_sec: float, jitter: float = 0.0, seed: int = 0) -> None:
         self.items_per_sec = items_per_sec
+        self._jitter = jitter
+        self._random = random.Random(seed)
         self._free_at = 0.0
         self.busy: list[tuple[float, float]] = []
 
     async def write(self, batch: Sequence[int]) -> None:
         now = asyncio.get_running_loop().time()
         start = max(self._free_at, now)
-        self._free_at = start + len(batch) / self.items_per_sec
+        factor = 1.0 + self._jitter * (2 * self._random.random() - 1) if self._jitter else 1.0
+        self._free_at = start + len(batch) / self.items_per_sec * factor
         self.busy.append((start, self._free_at))
         await asyncio.sleep(self._free_at - now)
 
@@ -95,6 +103,8 @@ class Scenario:
     steps: tuple[tuple[float, float], ...] = ()  # (time, factor applied to the sink's rate)
     batch_band: bool = False  # recover_watermark = low - largest batch (default: low - cap/20)
     no_deep_batches: bool = False  # max_batch_size = batch_size
+    jitter: float = 0.0  # each batch's write time varies by up to this fraction
+    seed: int = 0
 
     @property
     def label(self) -> str:
@@ -161,7 +171,7 @@ async def run(scenario: Scenario) -> Result:
     bus = LoopTimeBus()
     levels = LevelLog()
     bus.subscribe(levels)
-    sink = SimulatedSink(scenario.sink_rate)
+    sink = SimulatedSink(scenario.sink_rate, scenario.jitter, scenario.seed)
     recover = None
     if scenario.batch_band:  # the band below low at least one (largest) batch wide: a proposal
         low = scenario.capacity // 2
@@ -240,11 +250,22 @@ def row(r: Result) -> str:
     )
 
 
-def matrix(batch_band: bool = False, no_deep_batches: bool = False) -> list[Scenario]:
+def matrix(
+    batch_band: bool = False, no_deep_batches: bool = False, jitter: float = 0.0, seed: int = 0
+) -> list[Scenario]:
     steps = ((10.0, 0.5), (20.0, 2.0))
     return [
         Scenario(
-            rate, int(rate * queue_sec), batch, producers, 30.0, steps, batch_band, no_deep_batches
+            rate,
+            int(rate * queue_sec),
+            batch,
+            producers,
+            30.0,
+            steps,
+            batch_band,
+            no_deep_batches,
+            jitter,
+            seed,
         )
         for rate in (1_000, 10_000, 100_000)
         for queue_sec in (1, 10)
@@ -266,6 +287,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="max_batch_size = batch_size (workers never take more than one batch)",
     )
+    parser.add_argument(
+        "--jitter",
+        type=float,
+        default=0.0,
+        help="each sink batch takes its time x uniform(1 - j, 1 + j) (default 0: exact)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the jitter's random seed")
     parser.add_argument("--duration", type=float, default=20.0, help="default run, seconds")
     parser.add_argument("--sink-rate", type=float, default=5000.0, help="default run, items/s")
     parser.add_argument("--capacity", type=int, default=10_000, help="default run, queue size")
@@ -281,10 +309,16 @@ def main(argv: list[str] | None = None) -> None:
         duration=args.duration,
         batch_band=args.batch_band,
         no_deep_batches=args.no_deep_batches,
+        jitter=args.jitter,
+        seed=args.seed,
     )
     scenarios: list[Any] = [
         default,
-        *(matrix(args.batch_band, args.no_deep_batches) if args.matrix else []),
+        *(
+            matrix(args.batch_band, args.no_deep_batches, args.jitter, args.seed)
+            if args.matrix
+            else []
+        ),
     ]
     print(HEADER)
     results = []
