@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from itertools import repeat, starmap
@@ -504,6 +505,8 @@ class BoundedQueue(Generic[T]):
     def measured_rates(self) -> tuple[float | None, float | None]:
         """(drain_rate, arrival_rate) in items/s, as the next event would carry them (see
         ``RateMeter``); None before they are known."""
+        if len(self._rates.samples) < 2:  # nothing measured yet: no clock read
+            return None, None
         try:
             now: float | None = asyncio.get_running_loop().time()
         except RuntimeError:  # outside the loop: the last take ends the window
@@ -646,16 +649,15 @@ class BoundedQueue(Generic[T]):
     def emit_feedback(self, level: BackpressureLevel, reason: str | None = None) -> FeedbackEvent:
         """Publish an event for this queue without waiting (lifecycle events use it directly)."""
         self._seq += 1
-        drain_rate, arrival_rate = self.measured_rates()
         event = FeedbackEvent(
             self._coord_id,
-            len(self),
+            len(self._items),
             self._capacity,
             level,
             reason,
-            seq=self._seq,
-            drain_rate=drain_rate,
-            arrival_rate=arrival_rate,
+            time.time(),
+            self._seq,
+            *self.measured_rates(),
         )
         self._bus.publish_nowait(event)
         return event
