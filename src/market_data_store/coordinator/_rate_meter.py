@@ -2,10 +2,10 @@
 
 A queue has workers take whole batches; what left it over about the last ``WINDOW_SEC`` is
 the drain, what entered it (taken + queued + dropped, so no put reads a clock) the arrivals.
-A take records (time, taken, arrived) at most once per ``SAMPLE_SEC`` (a later take in the
-same step overwrites the newest sample). The drain's window runs from the newest sample at
-least ``WINDOW_SEC`` older than the newest one (or the oldest, if that spans
-``MIN_SPAN_SEC``) to the newest: both are taken just after a take, so the window holds whole
+A take is sampled as (time, taken, arrived) at most once per ``SAMPLE_SEC``; every take
+is remembered as the newest one. The drain's window runs from the newest sample at
+least ``WINDOW_SEC`` older than the newest take (or the oldest, if that spans
+``MIN_SPAN_SEC``) to the newest take: both are taken just after a take, so the window holds whole
 takes however wide a batch is. The arrivals' window ends at the emission instead (arrivals
 need no take). A take that had to wait for items, or that emptied the queue, says the
 workers outrun the arrivals (the sink is not what limits the drain, as while workers first
@@ -16,6 +16,7 @@ drain measured falls.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 WINDOW_SEC = 0.5
@@ -32,13 +33,20 @@ changed or since the last report."""
 
 
 class RateMeter:
-    """Counts what a queue's takes removed and samples it against time (see the module)."""
+    """Counts what a queue's takes removed and samples it against time (see the module).
 
-    __slots__ = ("report_at", "samples", "taken")
+    Every take updates ``taken`` and ``took_at`` (two attribute stores: the queue does it
+    inline); only a take at or after ``sample_due``, or one that restarts the
+    window, calls ``record``. The newest take always ends the drain's window.
+    """
+
+    __slots__ = ("report_at", "sample_due", "samples", "taken", "took_at")
 
     def __init__(self) -> None:
         self.taken = 0
+        self.took_at = -math.inf  # when the newest take happened
         self.samples: deque[tuple[float, int, int]] = deque()  # (time, taken, arrived)
+        self.sample_due = -math.inf  # a take from then on is sampled
         self.report_at = -1.0  # the next report is due then; < 0: set at the next take
 
     def record(self, now: float, queued: int, dropped: int, *, restart: bool) -> None:
@@ -46,11 +54,9 @@ class RateMeter:
         samples = self.samples
         if restart:
             samples.clear()
-        sample = (now, self.taken, self.taken + queued + dropped)
-        if len(samples) >= 2 and now - samples[-2][0] < SAMPLE_SEC:
-            samples[-1] = sample
-        else:
-            samples.append(sample)
+        self.took_at = now
+        samples.append((now, self.taken, self.taken + queued + dropped))
+        self.sample_due = now + SAMPLE_SEC
         while len(samples) >= 2 and samples[1][0] <= now - WINDOW_SEC:
             samples.popleft()  # samples[0] stays the newest one at least a window old
 
@@ -59,10 +65,10 @@ class RateMeter:
     ) -> tuple[float | None, float | None]:
         """(drain, arrival) in items/s at ``now`` (None: the last take's time), or Nones."""
         samples = self.samples
-        if len(samples) < 2:
+        if not samples or (len(samples) < 2 and self.took_at <= samples[0][0]):
             return None, None
         start, taken0, arrived0 = samples[0]
-        end, taken1, _ = samples[-1]
+        end = self.took_at
         if now is None:
             now = end
         if now - end > max(end - start, WINDOW_SEC):  # longer than a take interval: stalled
@@ -71,7 +77,7 @@ class RateMeter:
         if span < MIN_SPAN_SEC:
             return None, None
         arrived = self.taken + queued + dropped - arrived0
-        return (taken1 - taken0) / span, arrived / (now - start)
+        return (self.taken - taken0) / span, arrived / (now - start)
 
     def report_due(self, now: float, pressed: bool) -> bool:
         """Whether a take at ``now`` should report fresh rates (``pressed``: SOFT or HARD)."""

@@ -496,16 +496,23 @@ class BoundedQueue(Generic[T]):
         rates = self._rates
         rates.taken += len(batch)
         if now is not None:  # before the level is updated: an event it emits counts this take
-            rates.record(now, len(items), self._dropped, restart=waited or not items)
+            if now >= rates.sample_due or waited or not items:
+                rates.record(now, len(items), self._dropped, restart=waited or not items)
+            else:  # the cheap path of RateMeter.record: this take ends the window
+                rates.took_at = now
         self._after_shrink()
-        if now is not None and rates.report_due(now, self._level is not OK):
+        if (
+            now is not None
+            and (rates.report_at < 0 or (self._level is not OK and now >= rates.report_at))
+            and rates.report_due(now, self._level is not OK)
+        ):
             self.emit_feedback(self._level, MEASURED_REASON)
         return batch
 
     def measured_rates(self) -> tuple[float | None, float | None]:
         """(drain_rate, arrival_rate) in items/s, as the next event would carry them (see
         ``RateMeter``); None before they are known."""
-        if len(self._rates.samples) < 2:  # nothing measured yet: no clock read
+        if not self._rates.samples:  # nothing measured yet: no clock read
             return None, None
         try:
             now: float | None = asyncio.get_running_loop().time()
