@@ -70,7 +70,7 @@ from market_data_store.sinks import Bar, PostgresBarsSink, SqliteBarsSink
 # A library does not decide what an application logs: silent until the application enables it.
 logger.disable("market_data_store")
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 __all__ = [
     "BackpressureCallback",
