@@ -11,7 +11,10 @@ second) per coordinator it watches. It uses what the events carry, not only the 
   take wider than the recover band does not make it noisy. The share is used wherever the
   estimate below would be (SOFT, HARD, OK after pressure); without rates the estimate is
   used. While SOFT or HARD the queue reports fresh rates about once a second (same level,
-  reason ``"measured"``): SOFT re-plans the move to the band's middle and the hold, HARD
+  reason ``"measured"``): SOFT re-plans the move to the band's middle and the hold (its
+  share pulled ``FAIR_PULL`` of the way to an equal split when ``arrival / own`` is close to
+  a whole number of producers: proportional shares alone keep the ratio producers had when
+  pressure began, such as a producer that started late at full speed), HARD
   re-aims at draining within ``DRAIN_SEC`` (so a HARD cut on rates measured before the sink
   slowed down is corrected), never raising a producer that does not use its allowance. A
   report is never a reason to cut by ``hard_factor`` and does not count as a level change.
@@ -134,6 +137,13 @@ REPORT_MARGIN = 0.05
 """A HARD report re-aims at most this fraction below the measured share: fresh rates do not
 lag the sink as an estimate does, so the rate stays near the sink's capacity (well within
 10 %) while the queue drains, slowly, back to OK."""
+FAIR_PULL = 0.25
+"""Each SOFT report moves a share this fraction of the way to an equal split of the drain
+(see ``_toward_equal``): proportional shares alone keep whatever ratio producers had when
+pressure began, e.g. a producer that started late at full speed."""
+FAIR_TOLERANCE = 0.3
+"""The equal split is only assumed when ``arrival / own`` is this close to a whole number of
+producers (otherwise the others are not all held back at equal rates)."""
 OWN_WINDOW_SEC = 0.5
 """The producer's own admitted rate, set against an event's measured rates, spans about this
 long (as the queue's rates do, ``coordinator._rate_meter.WINDOW_SEC``)..."""
@@ -470,7 +480,7 @@ class RateController(AsyncStartStop):
             return
         state.hold_rate, state.move_until = None, math.inf
         if event.level is SOFT:
-            self._move(state, share, event, now)
+            self._move(state, _toward_equal(share, state.producers, event.drain_rate), event, now)
             return
         margin = min(REPORT_MARGIN * share, event.queue_size / state.producers / DRAIN_SEC)
         rate = share - margin
@@ -651,6 +661,20 @@ def _agree(older: _Interval, newer: _Interval, producers: float) -> bool:
     """Whether two intervals estimate the same drain, within ``CONSISTENT_FRACTION``."""
     share = newer.share(producers)
     return share > 0 and abs(older.share(producers) - share) <= CONSISTENT_FRACTION * share
+
+
+def _toward_equal(share: float, producers: float, drain: float | None) -> float:
+    """``share`` moved ``FAIR_PULL`` of the way to ``drain / n`` when ``producers`` (arrivals
+    over this producer's own rate) is within ``FAIR_TOLERANCE`` of a whole ``n``.
+
+    Producers that see the same drain and are as many as they count agree on ``drain / n``,
+    so the pulls add up to nothing and only the differences between them shrink (by
+    ``FAIR_PULL`` a report). Alone, or with producers already equal, the share is unchanged.
+    """
+    n = round(producers)
+    if drain is None or n < 1 or abs(producers - n) > FAIR_TOLERANCE:
+        return share
+    return share + FAIR_PULL * (drain / n - share)
 
 
 def _check_ids(coordinator_ids: Iterable[str] | None) -> frozenset[str] | None:

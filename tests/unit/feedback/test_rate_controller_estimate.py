@@ -16,7 +16,7 @@ import pytest
 
 from market_data_store.coordinator.queue import BoundedQueue
 from market_data_store.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
-from market_data_store.feedback.rate_controller import REPORT_MARGIN, RateController
+from market_data_store.feedback.rate_controller import REPORT_MARGIN, RateController, _toward_equal
 from market_data_store.testing.virtual_time import LoopTimeBus, run_virtual
 
 OK, SOFT, HARD = BackpressureLevel.OK, BackpressureLevel.SOFT, BackpressureLevel.HARD
@@ -294,6 +294,32 @@ def test_four_controllers_share_one_queue_fairly_without_oscillating() -> None:
     assert sum(sent) / (duration - 3.0) >= 0.98 * capacity
     changes = sum(1 for a, b in zip([OK, *run.levels], run.levels, strict=False) if a is not b)
     assert changes / duration < 0.5
+
+
+def test_a_producer_starting_5_s_after_another_gets_an_equal_share() -> None:
+    """The first producer has the whole sink when the second starts 5 s later at full speed;
+    from 5 s after that the two get within 20 % of each other (proportional shares alone
+    kept 43 % / 57 %), the sink stays used and nothing is dropped."""
+    capacity, duration = 10_000.0, 20.0
+    run = run_virtual(
+        closed_loop(
+            2, 10_000, [(0.0, capacity)], duration, max_rate=capacity, chunk=50, stagger=5.0
+        )
+    )
+    assert run.dropped == 0 and run.peak < 10_000
+    first, late = run.admitted(0, 10.0, duration), run.admitted(1, 10.0, duration)
+    assert max(first, late) <= 1.2 * min(first, late), (first, late)
+    assert (first + late) / (duration - 10.0) >= 0.98 * capacity
+
+
+def test_the_pull_toward_an_equal_split_needs_a_whole_number_of_producers() -> None:
+    """A share moves a quarter of the way to drain / n only when arrivals / own rate is
+    close to a whole n; alone, or far from a whole number, it is left as it is."""
+    assert _toward_equal(4_000.0, 2.2, 10_000.0) == pytest.approx(4_000 + 0.25 * 1_000)
+    assert _toward_equal(6_000.0, 1.8, 10_000.0) == pytest.approx(6_000 - 0.25 * 1_000)
+    assert _toward_equal(10_000.0, 1.0, 10_000.0) == 10_000.0  # alone: drain / 1 is the share
+    assert _toward_equal(4_000.0, 2.5, 10_000.0) == 4_000.0  # 2.5 producers: no equal split
+    assert _toward_equal(4_000.0, 2.2, None) == 4_000.0  # no measured drain
 
 
 def _small(clock: FakeClock, level: BackpressureLevel, seq: int, size: float) -> FeedbackEvent:
