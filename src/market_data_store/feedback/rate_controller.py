@@ -665,15 +665,17 @@ def _agree(older: _Interval, newer: _Interval, producers: float) -> bool:
 
 def _toward_equal(share: float, producers: float, drain: float | None) -> float:
     """``share`` moved ``FAIR_PULL`` of the way to ``drain / n`` when ``producers`` (arrivals
-    over this producer's own rate) is within ``FAIR_TOLERANCE`` of a whole ``n``.
+    over this producer's own rate) is within ``FAIR_TOLERANCE`` of a whole ``n >= 2``.
 
     Producers that see the same drain and are as many as they count agree on ``drain / n``,
     so the pulls add up to nothing and only the differences between them shrink (by
     ``FAIR_PULL`` a report). Alone, or with producers already equal, the share is unchanged.
+    A count near 1 with others present (1.2: someone sends a fifth of this producer's rate)
+    is no equal split: pulling toward the whole drain would take it from them.
     """
     n = round(producers)
-    if drain is None or n < 1 or abs(producers - n) > FAIR_TOLERANCE:
-        return share
+    if drain is None or n < 2 or abs(producers - n) > FAIR_TOLERANCE:
+        return share  # alone (drain / 1 is the share), or others exist but count otherwise
     return share + FAIR_PULL * (drain / n - share)
 
 

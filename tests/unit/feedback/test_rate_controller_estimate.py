@@ -318,6 +318,7 @@ def test_the_pull_toward_an_equal_split_needs_a_whole_number_of_producers() -> N
     assert _toward_equal(4_000.0, 2.2, 10_000.0) == pytest.approx(4_000 + 0.25 * 1_000)
     assert _toward_equal(6_000.0, 1.8, 10_000.0) == pytest.approx(6_000 - 0.25 * 1_000)
     assert _toward_equal(10_000.0, 1.0, 10_000.0) == 10_000.0  # alone: drain / 1 is the share
+    assert _toward_equal(8_333.0, 1.2, 10_000.0) == 8_333.0  # another sends 1/5 of this rate
     assert _toward_equal(4_000.0, 2.5, 10_000.0) == 4_000.0  # 2.5 producers: no equal split
     assert _toward_equal(4_000.0, 2.2, None) == 4_000.0  # no measured drain
 
