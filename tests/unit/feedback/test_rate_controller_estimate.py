@@ -16,7 +16,12 @@ import pytest
 
 from market_data_store.coordinator.queue import BoundedQueue
 from market_data_store.feedback import BackpressureLevel, FeedbackBus, FeedbackEvent
-from market_data_store.feedback.rate_controller import REPORT_MARGIN, RateController, _toward_equal
+from market_data_store.feedback.rate_controller import (
+    FAIR_PULL,
+    REPORT_MARGIN,
+    RateController,
+    _toward_equal,
+)
 from market_data_store.testing.virtual_time import LoopTimeBus, run_virtual
 
 OK, SOFT, HARD = BackpressureLevel.OK, BackpressureLevel.SOFT, BackpressureLevel.HARD
@@ -313,10 +318,10 @@ def test_a_producer_starting_5_s_after_another_gets_an_equal_share() -> None:
 
 
 def test_the_pull_toward_an_equal_split_needs_a_whole_number_of_producers() -> None:
-    """A share moves a quarter of the way to drain / n only when arrivals / own rate is
-    close to a whole n; alone, or far from a whole number, it is left as it is."""
-    assert _toward_equal(4_000.0, 2.2, 10_000.0) == pytest.approx(4_000 + 0.25 * 1_000)
-    assert _toward_equal(6_000.0, 1.8, 10_000.0) == pytest.approx(6_000 - 0.25 * 1_000)
+    """A share moves FAIR_PULL of the way to drain / n only when arrivals / own rate is
+    close to a whole n >= 2; alone, or far from a whole number, it is left as it is."""
+    assert _toward_equal(4_000.0, 2.2, 10_000.0) == pytest.approx(4_000 + FAIR_PULL * 1_000)
+    assert _toward_equal(6_000.0, 1.8, 10_000.0) == pytest.approx(6_000 - FAIR_PULL * 1_000)
     assert _toward_equal(10_000.0, 1.0, 10_000.0) == 10_000.0  # alone: drain / 1 is the share
     assert _toward_equal(8_333.0, 1.2, 10_000.0) == 8_333.0  # another sends 1/5 of this rate
     assert _toward_equal(4_000.0, 2.5, 10_000.0) == 4_000.0  # 2.5 producers: no equal split
