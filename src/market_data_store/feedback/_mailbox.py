@@ -79,6 +79,15 @@ def add_waiters(item: Item, waiters: list[asyncio.Future[None]]) -> Envelope:
     return Envelope(item, waiters)
 
 
+def next_trim(kept: int, max_backlog: int) -> int:
+    """The length past which a backlog that kept ``kept`` items after coalescing is coalesced
+    again: ``max_backlog``, or twice what was kept when that is more. With more coordinators
+    waiting than ``max_backlog`` a coalescing drops nothing, and a fixed threshold would scan
+    the whole backlog again for every later event; doubling keeps the scans to one per
+    ``kept`` events (and memory to twice the coordinators waiting)."""
+    return max(max_backlog, 2 * kept)
+
+
 def coalesce(pending: deque[Item]) -> list[Item]:
     """Keep only the latest item per coordinator, in order; return the items dropped.
 
@@ -178,11 +187,15 @@ class Mailbox:
         "pending",
         "subscribed",
         "task",
+        "trim_at",
         "warned_at",
     )
 
-    def __init__(self, callback: FeedbackSubscriber, loop: asyncio.AbstractEventLoop | None):
+    def __init__(
+        self, callback: FeedbackSubscriber, loop: asyncio.AbstractEventLoop | None, trim_at: int
+    ):
         self.callback = callback
+        self.trim_at = trim_at  # the backlog is coalesced once it holds more than this
         self.name = subscriber_name(callback)
         self.loop = loop
         self.kicked = False

@@ -44,6 +44,7 @@ from market_data_store.feedback._mailbox import (
     coalesce,
     event_of,
     key_of,
+    next_trim,
     resolve,
     running_loop,
     stop_task,
@@ -65,7 +66,8 @@ class FeedbackBus:
     Args:
         max_backlog: past this many undelivered events for one subscriber (or in the inbox
             while no loop runs) the backlog is coalesced to the latest event per
-            coordinator; >= 1 (default 256).
+            coordinator; >= 1 (default 256). With more coordinators waiting than that, a
+            backlog may reach twice their number before it is coalesced again.
     """
 
     def __init__(self, *, max_backlog: int = 256) -> None:
@@ -74,6 +76,7 @@ class FeedbackBus:
         self._lock = threading.Lock()
         self._mailboxes: dict[Hashable, Mailbox] = {}
         self._inbox: deque[FeedbackEvent] = deque()
+        self._inbox_trim_at = max_backlog  # see _mailbox.next_trim
         self._scheduled: set[asyncio.AbstractEventLoop] = set()  # loops with a dispatch due
         self._last_loop: asyncio.AbstractEventLoop | None = None
 
@@ -98,7 +101,7 @@ class FeedbackBus:
         with self._lock:
             if key in self._mailboxes:
                 return
-            self._mailboxes[key] = Mailbox(callback, loop)
+            self._mailboxes[key] = Mailbox(callback, loop, self._max_backlog)
             if loop is not None and (self._last_loop is None or self._last_loop.is_closed()):
                 self._last_loop = loop  # off-loop publishers get a loop to dispatch on
         metrics.FEEDBACK_SUBSCRIBERS.inc()
@@ -141,7 +144,7 @@ class FeedbackBus:
         with self._lock:
             inbox = self._inbox
             inbox.append(event)
-            if len(inbox) > self._max_backlog:
+            if len(inbox) > self._inbox_trim_at:
                 self._coalesce_inbox()
         try:
             loop = asyncio.get_running_loop()
@@ -339,14 +342,16 @@ class FeedbackBus:
             mailbox.failures_unreported = 0
 
     def _trim(self, mailbox: Mailbox) -> None:
-        if len(mailbox.pending) > self._max_backlog:
+        if len(mailbox.pending) > mailbox.trim_at:
             dropped = coalesce(mailbox.pending)
+            mailbox.trim_at = next_trim(len(mailbox.pending), self._max_backlog)
             if dropped:
                 metrics.FEEDBACK_COALESCED.inc(len(dropped))
 
     def _coalesce_inbox(self) -> None:
         # Events dropped before fan-out were still published: count them as such.
         dropped = coalesce(self._inbox)  # type: ignore[arg-type]  # holds bare events only
+        self._inbox_trim_at = next_trim(len(self._inbox), self._max_backlog)
         for item in dropped:
             event = event_of(item)
             metrics.count_feedback_event(event.coordinator_id, event.level.value)

@@ -8,6 +8,7 @@ import functools
 import time
 import uuid
 from collections import defaultdict
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -814,3 +815,47 @@ def test_feedback_event_create_stamps_now_and_accepts_a_level_string() -> None:
     assert FeedbackEvent.create("q", 1, 2, BackpressureLevel.OK).reason is None
     with pytest.raises(ValueError):
         FeedbackEvent.create("q", 1, 2, "panic")
+
+
+async def test_a_backlog_of_more_coordinators_than_max_backlog_is_not_rescanned_per_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With more coordinators waiting than max_backlog, coalescing drops nothing; the next
+    one waits until the backlog has doubled, so an event costs O(1), not a scan of the
+    whole backlog, and the backlog stays within twice the coordinators waiting."""
+    from market_data_store.feedback import bus as bus_module
+
+    scans = 0
+    real_coalesce = bus_module.coalesce
+
+    def counting(pending: Any) -> Any:
+        nonlocal scans
+        scans += 1
+        return real_coalesce(pending)
+
+    monkeypatch.setattr(bus_module, "coalesce", counting)
+    bus = FeedbackBus(max_backlog=8)
+    hold = asyncio.Event()
+    got: list[FeedbackEvent] = []
+
+    async def stuck(event: FeedbackEvent) -> None:
+        await hold.wait()
+        got.append(event)
+
+    bus.subscribe(stuck)
+    coordinators = [new_id() for _ in range(100)]
+    bus.publish_nowait(ev(coordinators[0], 0))
+    await asyncio.sleep(0)  # delivery of the first event starts and hangs
+    for seq in range(1, 2001):
+        bus.publish_nowait(ev(coordinators[seq % 100], seq))
+        await asyncio.sleep(0)
+        assert bus.backlog(stuck) <= 2 * 100 + 1
+    # a scan per ~100 events once 100 coordinators wait (plus a few while the threshold
+    # doubles up to that), not one per event as with a fixed threshold (about 1,990)
+    assert scans <= 2000 // 100 + 8, scans
+    hold.set()
+    async with asyncio.timeout(DEADLINE):
+        await bus.flush()
+    assert {e.coordinator_id: e.seq for e in got if e.seq} == {
+        cid: max(s for s in range(1, 2001) if s % 100 == i) for i, cid in enumerate(coordinators)
+    }
