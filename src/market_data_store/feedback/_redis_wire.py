@@ -15,13 +15,13 @@ restart; a clock stepped backwards holds a coordinator's events back until it ha
 from __future__ import annotations
 
 import json
-import math
 import time
 from urllib.parse import urlsplit
 
 from loguru import logger
 from prometheus_client import Counter, Gauge
 
+from market_data_store._validation import check_int, check_range
 from market_data_store.errors import ConfigError
 from market_data_store.feedback.events import FeedbackEvent
 from market_data_store.feedback.receiver import parse_event
@@ -142,18 +142,14 @@ def check_redis_channel(name: str, channel: object) -> None:
 
 def check_seconds(name: str, value: object, *, positive: bool = True) -> float:
     """A finite number of seconds (> 0, or >= 0 when not ``positive``), else ``ConfigError``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number of seconds, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        bound = ">" if positive else ">="
-        raise ConfigError(f"{name} must satisfy {name} {bound} 0, got {value!r}")
-    return float(value)
+    check_range(name, value, lo=0, lo_open=positive)  # type: ignore[arg-type]  # checks it
+    return float(value)  # type: ignore[arg-type]
 
 
 def check_count(name: str, value: object, *, lo: int = 1) -> int:
     """An integer >= ``lo``, else ``ConfigError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
+    check_int(name, value, lo=lo)
+    assert isinstance(value, int)
     return value
 
 

@@ -14,7 +14,6 @@ import base64
 import hashlib
 import hmac
 import json
-import math
 import time
 import uuid
 from typing import TYPE_CHECKING, Literal
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from loguru import logger
 
 from market_data_store._context import AsyncStartStop
-from market_data_store._validation import check_range
+from market_data_store._validation import check_int, check_range
 from market_data_store.errors import ConfigError
 from market_data_store.feedback import _sender, metrics
 from market_data_store.feedback.bus import FeedbackBus, feedback_bus
@@ -30,8 +29,8 @@ from market_data_store.feedback.events import FeedbackEvent
 from market_data_store.feedback.settings import (
     FeedbackSettings,
     check_webhook_url,
-    decode_webhook_secret,
     redact_url,
+    secret_key,
 )
 
 if TYPE_CHECKING:
@@ -127,15 +126,11 @@ class HttpFeedbackBroadcaster(AsyncStartStop):
         max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         _check_url(url)
-        _check_finite("timeout", timeout)
         check_range("timeout", timeout, lo=0, lo_open=True)
-        _check_int("max_retries", max_retries)
-        check_range("max_retries", max_retries, lo=0)
-        _check_finite("backoff_base", backoff_base)
+        check_int("max_retries", max_retries, lo=0)
         check_range("backoff_base", backoff_base, lo=0)
-        _check_int("max_pending", max_pending)
-        check_range("max_pending", max_pending, lo=1)
-        self._key = _decode_secret(secret)
+        check_int("max_pending", max_pending, lo=1)
+        self._key = secret_key(secret)
         self._url = url
         self._shown_url = redact_url(url)  # for log lines: no credentials, no query
         self._timeout = float(timeout)
@@ -361,26 +356,5 @@ def _check_url(url: object) -> None:
         raise ConfigError(f"url must be an http:// or https:// URL string, got {url!r}")
     try:
         check_webhook_url("url", url)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def _check_finite(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number of seconds, got {value!r}")
-
-
-def _check_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-
-
-def _decode_secret(secret: str | None) -> bytes | None:
-    if secret is None:
-        return None
-    if not isinstance(secret, str):
-        raise ConfigError("secret must be a 'whsec_' + base64 string")
-    try:
-        return decode_webhook_secret("secret", secret)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

@@ -236,8 +236,6 @@ def _check_number(
     lo_open: bool = True,
     hi_open: bool = False,
 ) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
     check_range(name, value, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
     return float(value)
 

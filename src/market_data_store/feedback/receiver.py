@@ -46,12 +46,12 @@ from typing import Any
 
 from loguru import logger
 
-from market_data_store._validation import check_range
-from market_data_store.errors import ConfigError, InvalidFeedbackError, WebhookVerificationError
+from market_data_store._validation import check_int, check_range
+from market_data_store.errors import InvalidFeedbackError, WebhookVerificationError
 from market_data_store.feedback import metrics
 from market_data_store.feedback.bus import FeedbackBus, feedback_bus
 from market_data_store.feedback.events import BackpressureLevel, FeedbackEvent
-from market_data_store.feedback.settings import FeedbackSettings, decode_webhook_secret
+from market_data_store.feedback.settings import FeedbackSettings, secret_key
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -101,23 +101,9 @@ class FeedbackReceiver:
         max_body: int = 65_536,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if secret is None:
-            self._key: bytes | None = None
-        elif not isinstance(secret, str):
-            raise ConfigError("secret must be None or a 'whsec_' + base64 string")
-        else:
-            try:
-                self._key = decode_webhook_secret("secret", secret)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-        if isinstance(tolerance_sec, bool) or not isinstance(tolerance_sec, int | float):
-            raise ConfigError(f"tolerance_sec must be a number of seconds, got {tolerance_sec!r}")
-        if not math.isfinite(tolerance_sec):
-            raise ConfigError(f"tolerance_sec must be finite, got {tolerance_sec!r}")
+        self._key = secret_key(secret)
         check_range("tolerance_sec", tolerance_sec, lo=0, lo_open=True)
-        if isinstance(max_body, bool) or not isinstance(max_body, int):
-            raise ConfigError(f"max_body must be an int number of bytes, got {max_body!r}")
-        check_range("max_body", max_body, lo=1)
+        check_int("max_body", max_body, lo=1)
         self._bus = bus if bus is not None else feedback_bus()
         self._tolerance = float(tolerance_sec)
         self._max_body = max_body

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from market_data_store._settings import MdsSettings
+from market_data_store.errors import ConfigError
 
 
 class FeedbackSettings(MdsSettings):
@@ -103,6 +104,19 @@ def redact_url(url: str) -> str:
     path, question, _query = path.partition("?")
     shown = f"{scheme}{sep}{authority}{slash}{path}" + ("?***" if question else "")
     return shown.encode("ascii", "backslashreplace").decode("ascii")
+
+
+def secret_key(secret: object) -> bytes | None:
+    """The key of a constructor's ``secret`` argument: None stays None (unsigned), a
+    ``whsec_`` + base64 string is decoded; anything else is a ``ConfigError``."""
+    if secret is None:
+        return None
+    if not isinstance(secret, str):
+        raise ConfigError("secret must be None or a 'whsec_' + base64 string")
+    try:
+        return decode_webhook_secret("secret", secret)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def decode_webhook_secret(name: str, secret: str) -> bytes:

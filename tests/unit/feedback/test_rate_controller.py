@@ -311,7 +311,7 @@ async def test_acquire_rejects_negative_n(clock: FakeClock) -> None:
     [
         ({"max_rate": 0}, "0 < max_rate < inf, got 0"),
         ({"max_rate": math.inf}, "0 < max_rate < inf, got inf"),
-        ({"max_rate": math.nan}, "max_rate must be a number"),
+        ({"max_rate": math.nan}, "max_rate must be a finite number"),
         ({"min_rate": 0}, "0 < min_rate <= 1000.0, got 0"),
         ({"min_rate": 2000}, "0 < min_rate <= 1000.0, got 2000"),
         ({"soft_factor": 0}, "0 < soft_factor <= 1, got 0"),
