@@ -10,7 +10,7 @@ import os
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from dotenv import dotenv_values
 from pydantic import ValidationError
@@ -36,8 +36,6 @@ class MdsSettings(BaseSettings):
     or the ``.env`` file that is not a field of any settings class (with a "did you mean").
     """
 
-    _prefix: ClassVar[str] = "MDS_"
-
     def __init__(self, **values: Any) -> None:
         env_file = values.get("_env_file", type(self).model_config.get("env_file"))
         warn_unknown_variables(env_file)
@@ -47,7 +45,7 @@ class MdsSettings(BaseSettings):
             problems = []
             for err in exc.errors():
                 loc = [str(part) for part in err["loc"] if part != "__root__"]
-                name = f"{type(self)._prefix}{loc[0].upper()}" if loc else type(self).__name__
+                name = f"{_env_prefix(type(self))}{loc[0].upper()}" if loc else type(self).__name__
                 msg = err["msg"].removeprefix("Value error, ")
                 problems.append(f"{name}: {msg} (got {err.get('input')!r})" if loc else msg)
             raise ConfigError(f"invalid {type(self).__name__}: " + "; ".join(problems)) from None
@@ -59,11 +57,15 @@ def _settings_classes(base: type[MdsSettings] = MdsSettings) -> Iterator[type[Md
         yield from _settings_classes(cls)
 
 
+def _env_prefix(cls: type[MdsSettings]) -> str:
+    return str(cls.model_config.get("env_prefix", "")).upper()
+
+
 def known_variables() -> frozenset[str]:
     """Every variable name the settings classes read (prefix + field name, upper case)."""
     names = set(READ_ELSEWHERE)
     for cls in _settings_classes():
-        prefix = str(cls.model_config.get("env_prefix", "")).upper()
+        prefix = _env_prefix(cls)
         for field_name, field in cls.model_fields.items():
             alias = field.validation_alias
             # pydantic-settings reads an aliased field by its alias, without the prefix.

@@ -14,7 +14,6 @@ restart; a clock stepped backwards holds a coordinator's events back until it ha
 
 from __future__ import annotations
 
-import json
 import time
 from urllib.parse import urlsplit
 
@@ -84,11 +83,6 @@ def is_newer(event: FeedbackEvent, last: FeedbackEvent | None) -> bool:
 def latest_key(channel: str) -> str:
     """The hash holding the latest event per coordinator for ``channel``."""
     return f"{channel}:latest"
-
-
-def encode_event(event: FeedbackEvent) -> str:
-    """The webhook's JSON payload (``FeedbackEvent.to_dict()``), compact."""
-    return json.dumps(event.to_dict(), separators=(",", ":"))
 
 
 def decode_event(raw: bytes | str) -> FeedbackEvent:

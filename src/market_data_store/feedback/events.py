@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -80,3 +81,9 @@ class FeedbackSubscriber(Protocol):
     """Anything awaitable with one event: a coroutine function, a bound method, an object."""
 
     async def __call__(self, event: FeedbackEvent) -> None: ...
+
+
+def encode_event(event: FeedbackEvent) -> str:
+    """The JSON payload of ``event`` (``to_dict()``, compact): the webhook's body and what the
+    Redis transport publishes."""
+    return json.dumps(event.to_dict(), separators=(",", ":"))

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import time
 import uuid
 from typing import TYPE_CHECKING, Literal
@@ -25,7 +24,7 @@ from market_data_store._validation import check_int, check_range
 from market_data_store.errors import ConfigError
 from market_data_store.feedback import _sender, metrics
 from market_data_store.feedback.bus import FeedbackBus, feedback_bus
-from market_data_store.feedback.events import FeedbackEvent
+from market_data_store.feedback.events import FeedbackEvent, encode_event
 from market_data_store.feedback.settings import (
     FeedbackSettings,
     check_webhook_url,
@@ -145,7 +144,6 @@ class HttpFeedbackBroadcaster(AsyncStartStop):
         self._outbox: dict[str, FeedbackEvent] = {}
         self._wakeup: asyncio.Event | None = None
         self._sender: asyncio.Task[None] | None = None
-        self._closing = False
         self._client: httpx.AsyncClient | None = None
 
     @classmethod
@@ -232,7 +230,6 @@ class HttpFeedbackBroadcaster(AsyncStartStop):
         if not was_running or self._sender is None or self._wakeup is None:
             return
         self._bus.unsubscribe(self)
-        self._closing = True
         self._wakeup.set()
         await _sender.finish_task(self._sender, timeout)
         if self._outbox:
@@ -259,7 +256,7 @@ class HttpFeedbackBroadcaster(AsyncStartStop):
         assert self._wakeup is not None
         while True:
             if not self._outbox:
-                if self._closing:
+                if self._state == "stopped":
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -277,7 +274,7 @@ class HttpFeedbackBroadcaster(AsyncStartStop):
                 )
 
     async def _deliver(self, event: FeedbackEvent) -> None:
-        body = json.dumps(event.to_dict(), separators=(",", ":")).encode()
+        body = encode_event(event).encode()
         msg_id = f"msg_{uuid.uuid4().hex}"  # one id for every attempt at this event
         for attempt in range(self._max_retries + 1):
             if attempt and not await self._wait_to_retry(event, attempt):

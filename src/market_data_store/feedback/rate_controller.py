@@ -210,7 +210,6 @@ class _CoordinatorState:
     hard_cut_at: float = -math.inf
     last: _Sample | None = None
     interval: _Interval | None = None
-    previous: _Interval | None = None
     history: _Interval | None = None  # the agreeing intervals before ``interval``, as one
     producers: float = 1.0  # producers' worth of traffic, as seen from this one
     producers_measured: bool = False
@@ -525,7 +524,7 @@ class RateController(AsyncStartStop):
                 state.interval = replace(state.interval.then(interval), used=state.interval.used)
             return
         state.last = sample
-        previous = state.previous = state.interval
+        previous = state.interval
         state.interval = interval
         if previous is None:
             return

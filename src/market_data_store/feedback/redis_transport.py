@@ -31,6 +31,7 @@ from loguru import logger
 
 from market_data_store._context import AsyncStartStop
 from market_data_store._logging import log_exception
+from market_data_store.feedback._mailbox import coalesce
 from market_data_store.feedback._redis_wire import (
     DEFAULT_CHANNEL,
     PUBLISH_SCRIPT,
@@ -43,14 +44,13 @@ from market_data_store.feedback._redis_wire import (
     check_redis_url,
     check_seconds,
     decode_event,
-    encode_event,
     is_newer,
     latest_key,
     require_redis_package,
 )
 from market_data_store.feedback._sender import backoff_delay, close_quietly, finish_task
 from market_data_store.feedback.bus import FeedbackBus, feedback_bus
-from market_data_store.feedback.events import FeedbackEvent
+from market_data_store.feedback.events import FeedbackEvent, encode_event
 from market_data_store.feedback.settings import FeedbackSettings, redact_url
 
 if TYPE_CHECKING:
@@ -243,7 +243,6 @@ class RedisFeedbackPublisher(_RedisTransport):
         self._resend = False
         self._wakeup: asyncio.Event | None = None
         self._sender: asyncio.Task[None] | None = None
-        self._closing = False
         self._script: AsyncScript | None = None
 
     @property
@@ -289,7 +288,6 @@ class RedisFeedbackPublisher(_RedisTransport):
         if not self._mark_stopped():
             return
         self._bus.unsubscribe(self)
-        self._closing = True
         assert self._wakeup is not None and self._sender is not None
         self._wakeup.set()
         await finish_task(self._sender, timeout)
@@ -311,26 +309,20 @@ class RedisFeedbackPublisher(_RedisTransport):
     def _shrink_outbox(self) -> None:
         """Keep the latest event per coordinator; then, if still full, the newest half."""
         outbox = self._outbox
-        seen: set[str] = set()
-        kept: list[FeedbackEvent] = []
-        for event in reversed(outbox):
-            if event.coordinator_id not in seen:
-                seen.add(event.coordinator_id)
-                kept.append(event)
-        kept.reverse()
-        _pub_dropped["coalesced"].inc(len(outbox) - len(kept))
+        _pub_dropped["coalesced"].inc(len(coalesce(outbox)))  # type: ignore[arg-type]
         # Room for at least half the outbox again, so shrinking stays rare (amortised O(1)).
         limit = self._max_pending // 2 or 1
-        if len(kept) > limit:  # more coordinators than room: the oldest lose their event
-            _pub_dropped["outbox_full"].inc(len(kept) - limit)
-            kept = kept[len(kept) - limit :]
-        self._outbox = deque(kept)
+        if len(outbox) > limit:  # more coordinators than room: the oldest lose their event
+            _pub_dropped["outbox_full"].inc(len(outbox) - limit)
+            for _ in range(len(outbox) - limit):
+                outbox.popleft()
 
     async def _run(self) -> None:
         assert self._wakeup is not None
         while True:
-            if not self._outbox and (not self._resend or self._closing):
-                if self._closing:
+            closing = self._state == "stopped"
+            if not self._outbox and (not self._resend or closing):
+                if closing:
                     return  # a rewrite of the latest events can wait for the next run
                 self._wakeup.clear()
                 try:

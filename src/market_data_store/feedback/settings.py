@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
@@ -30,7 +29,6 @@ class FeedbackSettings(MdsSettings):
         redis_channel: ``MDS_FB_REDIS_CHANNEL``; default "mds:feedback"; 1-256 chars, no spaces.
     """
 
-    _prefix: ClassVar[str] = "MDS_FB_"
     model_config = SettingsConfigDict(
         env_prefix="MDS_FB_", env_file=".env", extra="ignore", case_sensitive=False
     )

@@ -24,7 +24,7 @@ from market_data_store.feedback import (
     autowire,
     feedback_bus,
 )
-from market_data_store.feedback._redis_wire import encode_event
+from market_data_store.feedback.events import encode_event
 from market_data_store.testing.redis import RedisServer
 from market_data_store.testing.waits import wait_until
 

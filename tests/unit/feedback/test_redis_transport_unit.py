@@ -20,7 +20,8 @@ from market_data_store.feedback import (
     RedisFeedbackPublisher,
     redis_transport,
 )
-from market_data_store.feedback._redis_wire import decode_event, encode_event, is_newer
+from market_data_store.feedback._redis_wire import decode_event, is_newer
+from market_data_store.feedback.events import encode_event
 from market_data_store.testing.postgres import free_port
 from market_data_store.testing.waits import wait_until
 
