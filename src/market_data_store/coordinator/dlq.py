@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from loguru import logger
 from pydantic import BaseModel
@@ -24,6 +24,16 @@ from pydantic import BaseModel
 from market_data_store._validation import check_int
 
 T = TypeVar("T")
+
+
+class _Cursor(NamedTuple):
+    """Where a read of the file stopped: records counted, lines read, byte position, and
+    which file ((st_dev, st_ino)) it was."""
+
+    offset: int
+    lineno: int
+    position: int
+    file: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,7 @@ class DeadLetterQueue(Generic[T]):
         self._path = Path(path)
         self._encoder = encoder
         self._lock = threading.Lock()
+        self._cursor: _Cursor | None = None  # where the last read stopped
 
     @property
     def path(self) -> Path:
@@ -209,29 +220,55 @@ class DeadLetterQueue(Generic[T]):
         records: list[DLQRecord[T]] = []
         if not self._path.exists():
             return records
-        skipped = 0
-        with self._lock, self._path.open("r", encoding="utf-8", errors="replace") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if len(records) >= max_records:
+        with self._lock, self._path.open("rb") as fh:
+            # Resume where the last read stopped when this page starts there or later (the
+            # documented paging pattern): a page then costs its own lines, not the file's
+            # up to it. The file only grows by appends, so a byte position stays valid while
+            # the file is the same one and at least that long.
+            stat = os.fstat(fh.fileno())
+            file = (stat.st_dev, stat.st_ino)
+            cursor = self._cursor
+            if (
+                cursor is None
+                or cursor.offset > offset
+                or cursor.file != file
+                or cursor.position > stat.st_size
+            ):
+                cursor = _Cursor(0, 0, 0, file)
+            fh.seek(cursor.position)
+            counted, lineno = cursor.offset, cursor.lineno
+            while len(records) < max_records:
+                raw_line = fh.readline()
+                if not raw_line:
                     break
-                if not line.strip():
-                    continue
-                try:
-                    raw = json.loads(line)
-                    record: DLQRecord[T] = DLQRecord(
-                        ts=float(raw["ts"]),
-                        error=str(raw["error"]),
-                        metadata=dict(raw.get("metadata") or {}),
-                        items=list(raw["items"]),
-                    )
-                except (ValueError, KeyError, TypeError) as exc:
-                    if skipped >= offset:  # lines before the page were reported by earlier pages
+                lineno += 1
+                record = self._parse(raw_line.decode("utf-8", errors="replace"))
+                if isinstance(record, Exception):
+                    if counted >= offset:  # lines before the page were reported by earlier pages
                         logger.warning(
-                            "DLQ {}: skipping corrupt line {}: {}", self._path, lineno, exc
+                            "DLQ {}: skipping corrupt line {}: {}", self._path, lineno, record
                         )
-                    continue
-                if skipped < offset:
-                    skipped += 1
-                else:
-                    records.append(record)
+                elif record is not None:
+                    if counted >= offset:
+                        records.append(record)
+                    counted += 1
+                if raw_line.endswith(b"\n"):  # an unfinished last line is read again next time
+                    cursor = _Cursor(counted, lineno, fh.tell(), file)
+            self._cursor = cursor
         return records
+
+    @staticmethod
+    def _parse(line: str) -> DLQRecord[T] | Exception | None:
+        """The record a line holds, the error that makes it corrupt, or None (blank)."""
+        if not line.strip():
+            return None
+        try:
+            raw = json.loads(line)
+            return DLQRecord(
+                ts=float(raw["ts"]),
+                error=str(raw["error"]),
+                metadata=dict(raw.get("metadata") or {}),
+                items=list(raw["items"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            return exc

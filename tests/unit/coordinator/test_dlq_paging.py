@@ -69,3 +69,53 @@ async def test_bad_arguments_are_rejected(
     dlq = await filled(tmp_path / "dlq.ndjson", 1)
     with pytest.raises(ConfigError, match=named):
         await dlq.replay(max_records, offset=offset)
+
+
+async def test_paging_parses_each_line_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """offset += len(page) resumes where the last page stopped: walking a file of 60 records
+    in pages of 5 parses 60 lines, not 5 + 10 + ... + 60 (a re-scan per page)."""
+    dlq = await filled(tmp_path / "dlq.ndjson", 60)
+    parsed = 0
+    parse = DeadLetterQueue._parse
+
+    def counting(line: str) -> Any:
+        nonlocal parsed
+        parsed += 1
+        return parse(line)
+
+    monkeypatch.setattr(DeadLetterQueue, "_parse", staticmethod(counting))
+    offset = 0
+    while page := await dlq.replay(5, offset=offset):
+        offset += len(page)
+    assert offset == 60
+    assert parsed == 60
+
+
+async def test_a_last_line_still_being_written_is_read_again_once_complete(
+    tmp_path: Path,
+) -> None:
+    """A line cut short at the end of the file is skipped as corrupt for now, but the next
+    page starts before it: once its writer finishes it, it is read as a record."""
+    path = tmp_path / "dlq.ndjson"
+    dlq = await filled(path, 2)
+    whole = dlq.encode_record([99], "e", None)
+    with path.open("a") as fh:
+        fh.write(whole[:10])  # the writer has not finished yet
+    assert [r.items for r in await dlq.replay(10)] == [[0], [1]]
+    with path.open("a") as fh:
+        fh.write(whole[10:] + "\n")
+    assert [r.items for r in await dlq.replay(10, offset=2)] == [[99]]
+
+
+async def test_a_file_replaced_under_the_same_path_is_read_from_its_start(
+    tmp_path: Path,
+) -> None:
+    """The position kept from the last page belongs to the file it was read from."""
+    path = tmp_path / "dlq.ndjson"
+    dlq = await filled(path, 3)
+    assert len(await dlq.replay(3)) == 3
+    other = await filled(tmp_path / "other.ndjson", 5)
+    other.path.replace(path)
+    assert [r.items for r in await dlq.replay(10, offset=3)] == [[3], [4]]
