@@ -47,7 +47,7 @@ class RateMeter:
         self.took_at = -math.inf  # when the newest take happened
         self.samples: deque[tuple[float, int, int]] = deque()  # (time, taken, arrived)
         self.sample_due = -math.inf  # a take from then on is sampled
-        self.report_at = -1.0  # the next report is due then; < 0: set at the next take
+        self.report_at = math.inf  # a report is due from then (-inf: set at the next take)
 
     def record(self, now: float, queued: int, dropped: int, *, restart: bool) -> None:
         """Sample the queue right after a take (``restart``: the workers outran arrivals)."""
@@ -79,16 +79,14 @@ class RateMeter:
         arrived = self.taken + queued + dropped - arrived0
         return (self.taken - taken0) / span, arrived / (now - start)
 
-    def report_due(self, now: float, pressed: bool) -> bool:
-        """Whether a take at ``now`` should report fresh rates (``pressed``: SOFT or HARD)."""
-        if self.report_at < 0:
-            self.report_at = now + REPORT_SEC
-            return False
-        if pressed and now >= self.report_at:
-            self.report_at = now + REPORT_SEC
-            return True
-        return False
+    def report_due(self, now: float) -> bool:
+        """Whether a take at ``now`` (at or after ``report_at``) reports fresh rates; the
+        first take after a change to SOFT or HARD only sets when the first report is due."""
+        due = self.report_at != -math.inf
+        self.report_at = now + REPORT_SEC
+        return due
 
-    def level_changed(self) -> None:
-        """A report is due a whole ``REPORT_SEC`` after the level changes."""
-        self.report_at = -1.0
+    def level_changed(self, pressed: bool) -> None:
+        """Reports come a whole ``REPORT_SEC`` after a change to SOFT or HARD (``pressed``),
+        none while OK: a take compares its time with ``report_at`` and nothing else."""
+        self.report_at = -math.inf if pressed else math.inf

@@ -501,11 +501,7 @@ class BoundedQueue(Generic[T]):
             else:  # the cheap path of RateMeter.record: this take ends the window
                 rates.took_at = now
         self._after_shrink()
-        if (
-            now is not None
-            and (rates.report_at < 0 or (self._level is not OK and now >= rates.report_at))
-            and rates.report_due(now, self._level is not OK)
-        ):
+        if now is not None and now >= rates.report_at and rates.report_due(now):
             self.emit_feedback(self._level, MEASURED_REASON)
         return batch
 
@@ -646,7 +642,7 @@ class BoundedQueue(Generic[T]):
         else:
             self._up_at, self._down_at = _NEVER, self._recover
         self._refresh_fast_paths()
-        self._rates.level_changed()
+        self._rates.level_changed(new is not OK)
         self.emit_feedback(new, "queue_recovered" if new is OK else None)
         if new is HARD and self._on_high is not None:
             self._callbacks.call(self._on_high)

@@ -23,6 +23,13 @@ from market_data_store.feedback.settings import (
 DEFAULT_BATCH_SIZE = 500
 """The coordinator's batch size when none is given (bounded by the capacity)."""
 
+
+def default_batch_size(capacity: int) -> int:
+    """The batch size used when none is given: ``DEFAULT_BATCH_SIZE``, or the capacity when
+    that is smaller."""
+    return min(DEFAULT_BATCH_SIZE, capacity)
+
+
 __all__ = [
     "CoordinatorRuntimeSettings",
     "FeedbackSettings",
@@ -127,7 +134,7 @@ class CoordinatorRuntimeSettings(MdsSettings):
 
     def _check_max_batch_size(self) -> None:
         size = self.max_batch_size
-        batch_size = self.batch_size or min(DEFAULT_BATCH_SIZE, self.capacity)
+        batch_size = self.batch_size or default_batch_size(self.capacity)
         if size is not None and not batch_size <= size <= self.capacity:
             raise ValueError(
                 f"MDS_MAX_BATCH_SIZE must satisfy MDS_BATCH_SIZE ({batch_size}) <= "

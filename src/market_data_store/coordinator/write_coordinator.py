@@ -22,7 +22,7 @@ from market_data_store.coordinator import metrics
 from market_data_store.coordinator.dlq import DeadLetterQueue
 from market_data_store.coordinator.policy import CircuitBreaker, CircuitState, RetryPolicy
 from market_data_store.coordinator.queue import BoundedQueue
-from market_data_store.coordinator.settings import DEFAULT_BATCH_SIZE, CoordinatorRuntimeSettings
+from market_data_store.coordinator.settings import CoordinatorRuntimeSettings, default_batch_size
 from market_data_store.coordinator.types import (
     BackpressureCallback,
     ConfigError,
@@ -184,11 +184,9 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         bus: FeedbackBus | None = None,
     ) -> None:
         _check_sink(sink)
-        explicit_batch_size = batch_size is not None
-        if batch_size is None:  # the default: 500, or the capacity when that is smaller
-            batch_size = min(DEFAULT_BATCH_SIZE, capacity) if _is_int(capacity) else 1
         check_int("workers", workers, lo=0, lo_open=True)
-        check_int("batch_size", batch_size, lo=0, lo_open=True)
+        if batch_size is not None:
+            check_int("batch_size", batch_size, lo=0, lo_open=True)
         check_range("flush_interval", flush_interval, lo=0, lo_open=True)
         if not coord_id or not isinstance(coord_id, str):
             raise ConfigError(f"coord_id must be a non-empty string, got {coord_id!r}")
@@ -198,7 +196,6 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         self._sink = sink
         self._coord_id = coord_id
         self._workers_n = workers
-        self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._retry = retry_policy or RetryPolicy()
         self._breaker = circuit_breaker or CircuitBreaker()
@@ -215,11 +212,14 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
             drop_callback=drop_callback,
             bus=bus,
         )
-        if explicit_batch_size and batch_size > self._queue.capacity:
+        if batch_size is None:  # checked by the queue: the capacity bounds the default
+            batch_size = default_batch_size(self._queue.capacity)
+        elif batch_size > self._queue.capacity:
             raise ConfigError(
                 f"batch_size must satisfy 0 < batch_size <= capacity ({self._queue.capacity}), "
                 f"got {batch_size!r}"
             )
+        self._batch_size = batch_size
         self._max_batch_size = _max_batch_size(max_batch_size, batch_size, capacity)
         self._queue.set_deep_batches(batch_size * workers, self._max_batch_size)
         self._ledger = WriteLedger()
@@ -227,7 +227,6 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         self._state = _State.NEW
         self._warned = False  # the abandoned-coordinator warning was given
         self._workers: list[SinkWorker[T]] = []
-        self._tasks: list[asyncio.Task[None]] = []
         self._breaker_waiters: set[asyncio.Future[None]] = set()
         self._saving: dict[asyncio.Task[None], int] = {}  # DLQ saves under way -> items left
         self._abandoned: set[asyncio.Task[None]] = set()  # saves stop() stopped waiting for
@@ -348,7 +347,7 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         )
 
     def _workers_alive(self) -> int:
-        return sum(1 for task in self._tasks if not task.done())
+        return sum(1 for task in self._unsettled if not task.done())
 
     def __del__(self) -> None:
         try:
@@ -417,8 +416,6 @@ class WriteCoordinator(AsyncStartStop, Generic[T]):
         )
         task.add_done_callback(functools.partial(self._worker_ended, worker))
         self._workers.append(worker)
-        self._tasks = [t for t in self._tasks if not t.done()]
-        self._tasks.append(task)
         self._unsettled.add(task)
 
     def _worker_ended(self, worker: SinkWorker[T], task: asyncio.Task[None]) -> None:
@@ -733,10 +730,6 @@ def _max_batch_size(max_batch_size: int | None, batch_size: int, capacity: int) 
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _check_sink(sink: object) -> None:
