@@ -594,23 +594,49 @@ async def test_start_refuses_a_sink_that_is_not_open(state: str) -> None:
     assert coord.state == "new"
 
 
+class OpenFlagSink(StoringSink):
+    """A sink telling whether it is open through ``is_open`` only (it has no ``state``)."""
+
+    def __init__(self, is_open: bool) -> None:
+        super().__init__()
+        self.is_open = is_open
+
+
+async def test_start_refuses_a_sink_whose_is_open_is_false() -> None:
+    """start() with a sink whose only word on it is ``is_open = False`` raises ConfigError
+    naming the sink and leaves the coordinator new; once it says True, start() goes on."""
+    sink = OpenFlagSink(False)
+    assert not hasattr(sink, "state")
+    coord = make(sink)
+    with pytest.raises(ConfigError, match=r"sink .* is not open: open it"):
+        await coord.start()
+    assert coord.state == "new"
+    sink.is_open = True
+    async with coord:
+        assert coord.state == "running"
+
+
 async def abandon(coord: WriteCoordinator[Any]) -> None:
     await coord.start()
     await coord.submit_many(range(30))
 
 
-def test_a_coordinator_collected_with_items_queued_warns() -> None:
-    """A running coordinator dropped with 30 items queued emits a ResourceWarning naming
-    the count."""
-    coord = make(HangingSink(), workers=1, batch_size=10)
+def test_a_coordinator_collected_with_items_queued_warns(log_messages: list[str]) -> None:
+    """A running coordinator dropped with 30 items queued emits a ResourceWarning AND an
+    ERROR log line, both naming the count."""
+    coord_id = f"gc-{uuid.uuid4().hex[:8]}"
+    coord = make(HangingSink(), workers=1, batch_size=10, coord_id=coord_id)
     asyncio.run(abandon(coord))
     with pytest.warns(ResourceWarning, match="30 items queued or in flight"):
         del coord
         gc.collect()
+    expected = f"ERROR: coordinator {coord_id!r} garbage-collected without stop() with 30 items"
+    assert any(m.startswith(expected) for m in log_messages), log_messages
 
 
 def test_a_coordinator_running_at_interpreter_exit_logs_an_error() -> None:
-    """A coordinator left running at exit with items queued logs an ERROR with the count."""
+    """A coordinator left running at exit with items queued logs an ERROR with the count and
+    emits a ResourceWarning (shown because the child runs with -W always::ResourceWarning)."""
     script = textwrap.dedent(
         """
         import asyncio, sys
@@ -632,9 +658,16 @@ def test_a_coordinator_running_at_interpreter_exit_logs_an_error() -> None:
         """
     )
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+        [sys.executable, "-W", "always::ResourceWarning", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 0, done.stderr
     assert "ERROR: coordinator 'default' still running at interpreter exit with 50 items" in (
         done.stderr
     )
+    assert (
+        "ResourceWarning: coordinator 'default' still running at interpreter exit with 50 items"
+        in done.stderr
+    ), done.stderr

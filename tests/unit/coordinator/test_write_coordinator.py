@@ -442,7 +442,8 @@ def test_invalid_argument_raises_config_error_naming_it(kwargs: dict[str, Any], 
 async def test_without_a_dlq_failed_items_are_counted_as_dropped_and_logged(
     wait_until: WaitUntil, log_messages: list[str]
 ) -> None:
-    """With no DLQ configured, a batch that fails for good is counted by reason and logged."""
+    """With no DLQ configured, a batch that fails for good is counted by reason and logged
+    at ERROR (the level, not only the text: a loss must not pass as a warning)."""
     sink = ScriptedSink(PermanentSinkError("rejected"))
     coord = make(sink, workers=1, batch_size=3)
     async with coord:
@@ -450,7 +451,9 @@ async def test_without_a_dlq_failed_items_are_counted_as_dropped_and_logged(
         await wait_until(lambda: coord.stats().dropped.get("permanent_error") == 6)
     stats = coord.stats()
     assert (stats.submitted, stats.written, stats.dead_lettered) == (6, 0, 0)
-    assert any("items lost" in m and "no DLQ" in m for m in log_messages)
+    lost = [m for m in log_messages if "items lost" in m and "no DLQ" in m]
+    assert lost
+    assert all(m.startswith("ERROR: ") for m in lost), lost
 
 
 class BrokenDLQ(DeadLetterQueue[Any]):

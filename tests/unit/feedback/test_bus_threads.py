@@ -180,3 +180,49 @@ def test_publish_nowait_from_a_thread_without_a_loop_reaches_a_running_loops_sub
 
     asyncio.run(main())
     assert got == [1, 2, 3]
+
+
+def test_publish_on_loop_a_returns_promptly_once_a_subscriber_on_loop_b_handled_it() -> None:
+    """publish() awaited on loop A for a subscriber bound to loop B (thread B) is woken by
+    B's thread as soon as B handled the event: five publishes, each back within 0.5 s.
+
+    Not timing-flaky: a working wake-up takes microseconds to a few milliseconds; a broken one
+    (loop A never told that its future was resolved) sleeps out the whole 3 s ``timeout``
+    of ``publish``. 0.5 s sits far from both, so only a stall of loop A or thread B longer
+    than 0.5 s, not ordinary load, could fail it.
+    """
+    bus = FeedbackBus()
+    subscribed = threading.Event()
+    done = threading.Event()
+    seen: list[tuple[int, int]] = []
+
+    async def on_b() -> None:
+        async def subscriber(event: FeedbackEvent) -> None:
+            seen.append((threading.get_ident(), event.seq))
+
+        bus.subscribe(subscriber)
+        subscribed.set()
+        try:
+            await asyncio.to_thread(done.wait, DEADLINE + 5 * 3)
+        finally:
+            bus.unsubscribe(subscriber)
+
+    thread_b = threading.Thread(target=asyncio.run, args=(on_b(),), name="loop-b")
+    thread_b.start()
+    took: list[float] = []
+    try:
+        assert subscribed.wait(DEADLINE)
+
+        async def on_a() -> None:
+            for seq in range(1, 6):
+                started = time.perf_counter()
+                await bus.publish(ev("a", seq), timeout=3)
+                took.append(time.perf_counter() - started)
+
+        asyncio.run(on_a())
+    finally:
+        done.set()
+        thread_b.join(DEADLINE)
+    assert not thread_b.is_alive()
+    assert seen == [(thread_b.ident, seq) for seq in range(1, 6)]
+    assert all(t < 0.5 for t in took), took

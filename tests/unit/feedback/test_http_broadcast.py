@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import pairwise
 from typing import Any
 
@@ -618,3 +618,31 @@ async def test_credentials_in_the_url_reach_no_log_line_at_debug(
         logger.remove(handler)
     assert any("127.0.0.1:9" in r for r in records)
     assert not [r for r in records if PASSWORD in r or TOKEN in r]
+
+
+class CountingStream(httpx.AsyncByteStream):
+    """A response body of ``chunks`` pieces of 1 KiB that counts the bytes it hands out."""
+
+    def __init__(self, chunks: int) -> None:
+        self.chunks = chunks
+        self.handed_out = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        piece = b"x" * 1024
+        for _ in range(self.chunks):
+            self.handed_out += len(piece)
+            yield piece
+
+
+async def test_a_huge_response_body_is_read_no_further_than_a_few_kib(
+    bus: FeedbackBus, httpx_mock: HTTPXMock
+) -> None:
+    """A 200 whose body is ~10 MiB counts as a success, and at most 16 KiB of it is read."""
+    body = CountingStream(10_000)
+    httpx_mock.add_response(status_code=200, stream=body)
+    successes = sends("success")
+    async with broadcaster(bus, max_retries=0):
+        await bus.publish(make_event())
+        await wait_until(lambda: sends("success") == successes + 1, timeout=5.0)
+    assert len(httpx_mock.get_requests()) == 1
+    assert 0 < body.handed_out <= 16 * 1024

@@ -227,6 +227,23 @@ async def test_replayed_webhook_id_is_answered_204_but_not_republished(
     assert published.events == [event(1)]
 
 
+async def test_an_accepted_webhook_id_is_a_duplicate_even_when_its_seq_would_pass(
+    bus: FeedbackBus, published: Published
+) -> None:
+    """A replay of an accepted delivery is dropped by its webhook-id alone: after a
+    'stopped' event the seq rule would take seq 1 again, the id rule must not."""
+    app = make(bus)
+    first_body = body_of(event(1))
+    first_headers = signed(first_body, msg_id="msg-1")
+    assert app.receive(first_headers, first_body) == event(1)
+    stopped = event(2, OK, reason="stopped")
+    stopped_body = body_of(stopped)
+    assert app.receive(signed(stopped_body, msg_id="msg-2"), stopped_body) == stopped
+    assert app.receive(dict(first_headers), bytes(first_body)) is None  # byte for byte
+    await bus.flush(timeout=DEADLINE)
+    assert published.events == [event(1), stopped]
+
+
 def test_remembered_ids_are_bounded_by_time_and_by_count(
     bus: FeedbackBus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
