@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
 
-from market_data_store.sinks.bar import BAR_FIELDS
+from market_data_store.sinks.bar import BAR_FIELDS, ONE_MICROSECOND
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-ONE_MICROSECOND = timedelta(microseconds=1)
 
 _field_count = struct.pack(">h", len(BAR_FIELDS))
 _length = struct.Struct(">i").pack

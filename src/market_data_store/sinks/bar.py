@@ -128,8 +128,8 @@ _set_dict = BaseModel.__dict__["__dict__"].__set__
 _set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
 _set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
 _set_private = BaseModel.__dict__["__pydantic_private__"].__set__
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MICROSECOND = timedelta(microseconds=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_MICROSECOND = timedelta(microseconds=1)
 
 SERIES_FIELDS = ("vendor", "ts", "open", "high", "low", "close", "volume")
 """Row layout of ``bars_of_series``: ``BAR_FIELDS`` without symbol and timeframe."""
@@ -177,7 +177,7 @@ def _bars(
     # Locals, not globals, in the loop: it runs once per bar.
     new, cls, set_dict = _new_bar, Bar, _set_dict
     set_fields_set, set_extra, set_private = _set_fields_set, _set_extra, _set_private
-    epoch, one_us = _EPOCH, _ONE_MICROSECOND
+    epoch, one_us = EPOCH, ONE_MICROSECOND
     fields_set = set(BAR_FIELDS)
     of_series = series_symbol is not None
     symbol, timeframe = series_symbol, series_timeframe

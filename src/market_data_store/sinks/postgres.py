@@ -17,7 +17,6 @@ message of the sink.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -27,6 +26,7 @@ from typing import Any
 from loguru import logger
 
 from market_data_store._context import AsyncOpenClose
+from market_data_store._validation import check_int, check_range
 from market_data_store.coordinator.types import ConfigError, SinkError
 from market_data_store.sinks._lifecycle import Lifecycle, SinkState
 from market_data_store.sinks._metrics import SinkMetrics
@@ -80,19 +80,15 @@ CROSS JOIN LATERAL (
 """
 
 _bar_values = attrgetter(*BAR_FIELDS)
-_tzinfo = attrgetter("tzinfo")
 
 
 def pg_rows(batch: Sequence[Any]) -> list[PgRow]:
     """Each bar's fields in table order (the merge path's arrays, benchmarks' bare COPY).
 
-    Raises ``ValueError`` on a naive ``ts`` (possible only for a bar built without
-    validation), which asyncpg would otherwise silently take for UTC.
+    The merge path gets only bars that ``copy_payload`` encoded, which refuses a naive
+    ``ts``.
     """
-    rows = list(map(_bar_values, batch))
-    if None in map(_tzinfo, (row[3] for row in rows)):
-        raise ValueError("ts has no timezone")
-    return rows
+    return list(map(_bar_values, batch))
 
 
 def last_per_key(rows: list[PgRow]) -> list[PgRow]:
@@ -150,12 +146,6 @@ def range_query(
     return " ".join(sql), args
 
 
-def check_seconds(name: str, value: float) -> None:
-    """Raise ``ConfigError`` naming ``name`` unless ``0 < value < inf`` (NaN included)."""
-    if not 0 < value < math.inf:
-        raise ConfigError(f"{name} must be seconds with 0 < {name} < inf, got {value!r}")
-
-
 async def _keep_session(connection: Any) -> None:
     """Pool reset hook: the sink leaves no session state behind, so skip the reset query."""
 
@@ -196,16 +186,18 @@ class PostgresBarsSink(BarReads, AsyncOpenClose):
         close_timeout: float = 10.0,
         hypertable: bool | None = None,
     ) -> None:
+        check_int("max_size", max_size, lo=1)
         if min_size is None:
             min_size = max_size
-        if not 0 <= min_size <= max_size or max_size < 1:
+        check_int("min_size", min_size, lo=0)
+        if min_size > max_size:
             raise ConfigError(
                 f"pool sizes must satisfy 0 <= min_size <= max_size and max_size >= 1, "
                 f"got min_size={min_size!r}, max_size={max_size!r}"
             )
         if command_timeout is not None:
-            check_seconds("command_timeout", command_timeout)
-        check_seconds("close_timeout", close_timeout)
+            check_range("command_timeout", command_timeout, lo=0, lo_open=True)
+        check_range("close_timeout", close_timeout, lo=0, lo_open=True)
         self.dsn = dsn
         self.name = name
         self.is_hypertable = False
@@ -347,12 +339,12 @@ class PostgresBarsSink(BarReads, AsyncOpenClose):
             raise await self._sink_error(exc) from None
 
     async def _copy(self, payload: bytes, bars: Sequence[Bar]) -> None:
-        # A memoryview: asyncpg would take plain bytes for a file name.
-        from asyncpg.exceptions import UniqueViolationError
+        from asyncpg.exceptions import UniqueViolationError  # the asyncpg extra: at use
 
         try:
             async with self._pool.acquire() as conn:
                 try:
+                    # A memoryview: asyncpg would take plain bytes for a file name.
                     await conn.copy_to_table(
                         TABLE, source=memoryview(payload), columns=BAR_FIELDS, format="binary"
                     )

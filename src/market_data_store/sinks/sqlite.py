@@ -47,7 +47,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from loguru import logger
@@ -66,7 +66,14 @@ from market_data_store.sinks._sqlite_schema import (
     UPSERT,
     migrate,
 )
-from market_data_store.sinks.bar import BAR_FIELDS, Bar, bars_from_rows, bars_of_series
+from market_data_store.sinks.bar import (
+    BAR_FIELDS,
+    EPOCH,
+    ONE_MICROSECOND,
+    Bar,
+    bars_from_rows,
+    bars_of_series,
+)
 
 T = TypeVar("T")
 SqliteRow = tuple[str, str, str, int, float, float, float, float, float]
@@ -82,8 +89,6 @@ READ_MMAP_BYTES = 256 * 1024 * 1024
 BACKSTOP_CHECKPOINT_PAGES = 10_000
 """The writer's own automatic checkpoint, used only if the checkpointer falls behind."""
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-ONE_MICROSECOND = timedelta(microseconds=1)
 # Open read bounds; every datetime (years 1 to 9999) lies strictly inside them.
 MIN_TS_US = -(2**63)
 MAX_TS_US = 2**63 - 1
@@ -155,19 +160,9 @@ def sqlite_row(bar: Bar) -> SqliteRow:
     return sqlite_rows((bar,))[0]
 
 
-def ts_from_epoch_us(value: int) -> datetime:
-    """The UTC datetime stored as ``value`` microseconds since the epoch."""
-    return EPOCH + value * ONE_MICROSECOND
-
-
 def epoch_us(value: datetime | None, default: int) -> int:
     """``value`` (timezone-aware) in microseconds since the epoch; ``default`` for None."""
     return default if value is None else (value - EPOCH) // ONE_MICROSECOND
-
-
-def bars_of(rows: Iterable[Sequence[Any]]) -> list[Bar]:
-    """Bars from rows of the table (``ts`` in epoch microseconds), not validated again."""
-    return bars_from_rows(rows, ts_epoch_us=True)
 
 
 def classify_sqlite_error(exc: BaseException) -> SinkError:
@@ -332,7 +327,7 @@ class SqliteBarsSink(BarReads, AsyncOpenClose):
 
     async def count(self) -> int:
         """Number of rows in the table."""
-        return await self._run(self._count)
+        return await self._read(self._count)
 
     async def _read_range(
         self,
@@ -362,11 +357,6 @@ class SqliteBarsSink(BarReads, AsyncOpenClose):
         self, symbols: list[str], timeframe: str, vendor: str | None
     ) -> dict[str, Bar]:
         return await self._read(self._latest, symbols, timeframe, vendor)
-
-    async def _run(self, func: Callable[[Any], T], arg: Any = None) -> T:
-        self._lifecycle.check_open()
-        assert self._executor is not None
-        return await asyncio.get_running_loop().run_in_executor(self._executor, func, arg)
 
     async def _read(self, func: Callable[..., T], *args: Any) -> T:
         self._lifecycle.check_open()
@@ -520,9 +510,9 @@ class SqliteBarsSink(BarReads, AsyncOpenClose):
             if conn.in_transaction:
                 conn.rollback()
 
-    def _count(self, _: object) -> int:
-        assert self._conn is not None
-        row = self._conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
+    def _count(self) -> int:
+        assert self._read_conn is not None
+        row = self._read_conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
         return int(row[0])
 
     def _select(self, sql: str, params: dict[str, Any]) -> list[Bar]:
@@ -538,5 +528,5 @@ class SqliteBarsSink(BarReads, AsyncOpenClose):
             params = (symbol, timeframe) if vendor is None else (symbol, timeframe, vendor)
             rows = self._read_conn.execute(sql, params).fetchall()
             if rows:
-                found[symbol] = bars_of(rows)[0]
+                found[symbol] = bars_from_rows(rows, ts_epoch_us=True)[0]
         return found

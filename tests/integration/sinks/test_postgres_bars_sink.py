@@ -230,7 +230,7 @@ def test_bad_timeouts_are_rejected_at_construction_naming_the_argument(
     option: str, value: float
 ) -> None:
     """A timeout that is NaN, infinite, zero or negative is a ConfigError naming it."""
-    with pytest.raises(ConfigError, match=rf"{option} must be seconds with 0 < {option} < inf"):
+    with pytest.raises(ConfigError, match=rf"{option} must .*satisf\w+ 0 < {option}"):
         PostgresBarsSink("postgresql://x", **{option: value})
 
 

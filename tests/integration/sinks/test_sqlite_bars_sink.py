@@ -24,7 +24,7 @@ from market_data_store.sinks import (
 )
 from market_data_store.sinks import _sqlite_schema as sqlite_schema
 from market_data_store.sinks import sqlite as sqlite_sink
-from market_data_store.sinks.sqlite import ts_from_epoch_us
+from market_data_store.sinks.bar import EPOCH, ONE_MICROSECOND
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def as_bar(row: tuple[Any, ...]) -> Bar:
         vendor=vendor,
         symbol=symbol,
         timeframe=timeframe,
-        ts=ts_from_epoch_us(ts),
+        ts=EPOCH + ts * ONE_MICROSECOND,
         open=o,
         high=h,
         low=lo,
