@@ -189,10 +189,10 @@ class DeadLetterQueue(Generic[T]):
     ) -> None:
         self._append(self.encode_record(items, error, metadata), cancelled)
 
-    def _append(self, line: str, cancelled: threading.Event | None = None) -> None:
+    def _append(self, line: str, cancelled: threading.Event) -> None:
         data = line.encode("utf-8") + b"\n"
         with self._lock:
-            if cancelled is not None and cancelled.is_set():
+            if cancelled.is_set():
                 return  # the caller stopped waiting before our turn came: write nothing
             self._path.parent.mkdir(parents=True, exist_ok=True)
             with self._path.open("a+b") as fh:

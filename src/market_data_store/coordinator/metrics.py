@@ -122,13 +122,13 @@ CIRCUIT_STATE_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 _live: weakref.WeakKeyDictionary[Any, weakref.finalize[Any, Any]] = weakref.WeakKeyDictionary()
 _live_ids: dict[str, int] = {}  # coordinator id -> live sources with that id
 _error_types: dict[str, set[str]] = {}  # coordinator id -> error_type labels in use
-# Final counts of stopped coordinators whose id is still live, so counters never go backwards.
 # Counters read from the ledger at scrape time: exported name and help, by stats field.
 _COUNTED = {
     "submitted": ("mds_coordinator_submitted", "Items accepted by submit()"),
     "written": ("mds_items_written", "Items written by sinks"),
     "batches_written": ("mds_batches_written", "Batches written by sinks"),
 }
+# Final counts of stopped coordinators whose id is still live, so counters never go backwards.
 _retired_counts: dict[tuple[str, str], float] = {}  # (coordinator id, stats field) -> total
 _retired_dropped: dict[tuple[str, str], float] = {}
 _latency: weakref.WeakKeyDictionary[Any, LatencyHistogram] = weakref.WeakKeyDictionary()

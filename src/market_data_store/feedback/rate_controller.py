@@ -116,6 +116,7 @@ WIDE_MOVE_SEC = 0.25
 WIDE_MOVE_FRACTION = 0.75
 """... at most this fraction of the estimate above it: a slow lift hovers where a take
 flips the level each time."""
+_PROBE_GROWTH = math.log(2) / PROBE_DOUBLING_SEC  # the probe's exponential rate, 1/s
 USED_FRACTION = 0.9
 """A producer admitted (counting one more acquire()) less than this fraction of its allowance
 does not use it: no raise."""
@@ -644,7 +645,7 @@ class RateController(AsyncStartStop):
         for state in self._states.values():
             if state.level is OK and state.rate < self._max_rate:
                 # the integral of increase_per_sec * 2 ** (t / PROBE_DOUBLING_SEC) over the step
-                k = math.log(2) / PROBE_DOUBLING_SEC
+                k = _PROBE_GROWTH
                 t0, state.probe_sec = state.probe_sec, state.probe_sec + seconds
                 step = self._increase_per_sec * (math.exp(k * state.probe_sec) - math.exp(k * t0))
                 self._set(state, state.rate + step / k)
